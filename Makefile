@@ -1,0 +1,55 @@
+# kubetask — the two commands: `make dev` (run it) and `make test` (test it).
+# Everything else here is a step of those two, or a tool for developers.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE := .dev
+
+.PHONY: setup binaries cluster cluster-down dev test test-unit crds lint clean
+
+## setup: the virtualenv with kubetask (editable) and the dev tools
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	echo "$(CURDIR)/devenv" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kubetask-devenv.pth"
+	touch $@
+
+## binaries: etcd, kube-apiserver, controller-manager, scheduler, kwok (built once, cached), kubectl, helm
+binaries: setup
+	$(PY) -m kubetask_dev binaries
+
+## cluster: control plane + PostgreSQL in the background; writes .dev/kubeconfig and .dev/env
+cluster: binaries
+	$(PY) -m kubetask_dev --state-dir $(STATE) up
+
+## cluster-down: stop everything `make cluster` started
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) -m kubetask_dev --state-dir $(STATE) down; fi
+
+## dev: the whole system locally (cluster, PostgreSQL, CRDs, operator, worker pool) until Ctrl-C
+dev: binaries
+	$(PY) -m kubetask_dev --state-dir $(STATE) dev
+
+## test: the whole suite against a real control plane and PostgreSQL
+test: binaries
+	$(VENV)/bin/pytest
+
+## test-unit: the tests that need no server
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+## crds: regenerate crds/task.yaml from the pydantic models
+crds: setup
+	$(PY) -m kubetask.crd crds/task.yaml
+
+## lint: strict typing and import layers
+lint: setup
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+clean: cluster-down
+	rm -rf $(STATE) $(VENV)
