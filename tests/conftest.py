@@ -1,0 +1,48 @@
+"""Fixtures every test tier shares: a real control plane and a real PostgreSQL.
+
+Both start once per session, on free ports under the session's temp dir, and
+stop at the end with every process they started. The control-plane binaries
+are built on first use (``make binaries``) and cached in ``~/.cache/kubetask``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+from kubetask_dev import controlplane, postgres
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.ControlPlane]:
+    plane = controlplane.ControlPlane.start(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres.PostgresServer]:
+    server = postgres.PostgresServer.start(tmp_path_factory.mktemp("postgres") / "data")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def namespace(control_plane: controlplane.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for it to finish terminating)."""
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")[:50]
+    control_plane.kubectl("create", "namespace", name)
+    control_plane.wait_default_serviceaccount(name)
+    try:
+        yield name
+    finally:
+        control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
