@@ -1,0 +1,1 @@
+"""kubetask: a Kubernetes-native task queue backed by PostgreSQL."""

@@ -1,0 +1,157 @@
+"""Generate the Task CustomResourceDefinition from the pydantic models.
+
+pydantic writes JSON Schema; Kubernetes wants a *structural* OpenAPI v3
+schema. The conversion inlines ``$ref``s, turns ``Optional[X]`` into ``X``
+(an absent field is how Kubernetes says "unset"), maps free-form JSON to
+``x-kubernetes-preserve-unknown-fields`` and drops what the API server
+rejects (titles, ``additionalProperties: false`` — unknown fields are refused
+by kubectl's strict field validation instead).
+
+Rules that span fields, or compare with the old object, are CEL rules added
+here. Run ``make crds`` (``python -m kubetask.crd``) to regenerate
+``crds/task.yaml``; ``tests/unit/test_crd.py`` fails when the file drifts.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import sys
+from typing import Any
+
+import yaml
+
+from kubetask import model
+
+HEADER = (
+    "# Generated from operator/kubetask/model.py by `make crds` (python -m kubetask.crd).\n"
+    "# Do not edit by hand: tests/unit/test_crd.py fails when this file drifts.\n"
+)
+
+SPEC_RULES = [
+    {
+        "rule": "!(has(self.runAt) && has(self.delaySeconds))",
+        "message": "spec.runAt and spec.delaySeconds are exclusive: set one of them",
+        "fieldPath": ".runAt",
+    },
+    {
+        "rule": "self == oldSelf",
+        "message": "spec is immutable once the Task exists: delete and re-create the Task to change it",
+    },
+]
+
+PRINTER_COLUMNS = [
+    {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
+    {"name": "Queue", "type": "string", "jsonPath": ".spec.queue", "priority": 1},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
+    {"name": "Worker", "type": "string", "jsonPath": ".status.worker"},
+    {"name": "Next", "type": "date", "jsonPath": ".status.nextAttemptAt", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+_DROP = {"title", "additionalProperties", "$defs"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        return _structural({**target, **extra}, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(options) == 1:
+            if rest.get("default", 0) is None:
+                rest.pop("default")
+            return _structural({**options[0], **rest}, defs)
+        raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+        else:
+            out[key] = _structural(value, defs)
+    if node.get("type") == "object" and "properties" not in node and node.get("additionalProperties", True) is not False:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if not out.get("type") and "properties" not in out and "enum" not in out:
+        # Free-form JSON (``Any``): anything goes, the API server keeps it as is.
+        out = {k: v for k, v in out.items() if k in ("description",)}
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def _schema_of(cls: type[model._Schema]) -> dict[str, Any]:
+    raw = cls.model_json_schema(by_alias=True, mode="validation")
+    return dict(_structural(raw, raw.get("$defs", {})))
+
+
+def render() -> dict[str, Any]:
+    spec = _schema_of(model.TaskSpec)
+    spec["x-kubernetes-validations"] = SPEC_RULES
+    status = _schema_of(model.TaskStatus)
+    status.pop("default", None)
+    root = {
+        "type": "object",
+        "description": model.Task.__doc__,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{model.PLURAL}.{model.GROUP}"},
+        "spec": {
+            "group": model.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": model.KIND,
+                "plural": model.PLURAL,
+                "singular": model.SINGULAR,
+                "shortNames": list(model.SHORT_NAMES),
+                "categories": ["kubetask"],
+            },
+            "versions": [
+                {
+                    "name": model.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def render_yaml() -> str:
+    return HEADER + yaml.safe_dump(render(), sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    text = render_yaml()
+    if args:
+        pathlib.Path(args[0]).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

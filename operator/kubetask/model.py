@@ -1,0 +1,226 @@
+"""The Task resource, written once.
+
+These pydantic models are the single source of truth for the Task schema:
+``crds/task.yaml`` is generated from them (``make crds``) and a test fails
+when the two drift. Field docstrings become the OpenAPI descriptions that
+``kubectl explain task.spec`` prints, so they are written for users.
+
+Rules that only the API server can enforce at ``kubectl apply`` time (mutually
+exclusive fields, immutability of ``spec``) are CEL rules attached in
+``crd.py``; everything else is plain OpenAPI (types, bounds, patterns,
+required, unknown fields pruned-and-refused via ``additionalProperties``).
+
+Nothing here imports Kubernetes or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Any, Literal
+
+import pydantic
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetask.io"
+VERSION = "v1alpha1"
+KIND = "Task"
+PLURAL = "tasks"
+SINGULAR = "task"
+SHORT_NAMES = ("kt",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Annotation whose every new value re-queues a finished Task.
+RETRY_ANNOTATION = f"{GROUP}/retry"
+
+#: Bytes of JSON a payload may take; larger data belongs in object storage,
+#: referenced by the payload.
+MAX_PAYLOAD_BYTES = 64 * 1024
+#: Bytes of JSON of a result mirrored into status; the full result stays in PostgreSQL.
+MAX_STATUS_RESULT_BYTES = 8 * 1024
+#: Characters of an error message mirrored into status.
+MAX_STATUS_ERROR_CHARS = 2048
+#: Attempts kept in ``status.history`` (all of them stay in PostgreSQL).
+STATUS_HISTORY_LENGTH = 10
+
+_QUEUE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+
+
+class _Schema(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        alias_generator=to_camel,
+    )
+
+
+class Backoff(_Schema):
+    """How long to wait between attempts: initialSeconds × factor^(retry−1), capped at maxSeconds, ± jitter."""
+
+    initial_seconds: float = pydantic.Field(default=1.0, ge=0, le=86400)
+    """Delay before the first retry, in seconds. Default 1."""
+
+    factor: float = pydantic.Field(default=2.0, ge=1, le=10)
+    """Multiplier applied to the delay after each failed attempt. Default 2 (exponential)."""
+
+    max_seconds: float = pydantic.Field(default=300.0, ge=0, le=604800)
+    """Upper bound of any single delay, in seconds. Default 300."""
+
+    jitter: float = pydantic.Field(default=0.1, ge=0, le=1)
+    """Random spread of each delay as a fraction (0.1 = ±10%), so retries of many tasks do not stampede. Default 0.1."""
+
+
+class TaskSpec(_Schema):
+    """What to run and how. Immutable once created: delete and re-create the Task to change it."""
+
+    type: str = pydantic.Field(min_length=1, max_length=253, pattern=_TYPE_PATTERN)
+    """Name of the handler that runs this task (for example `echo`, `email`, or one of your own). Required."""
+
+    payload: dict[str, Any] = pydantic.Field(default_factory=dict)
+    """Arguments for the handler: any JSON object, at most 64 KiB. Visible to anyone who can read Tasks: reference Secrets by name, never inline them."""
+
+    queue: str = pydantic.Field(default="default", min_length=1, max_length=63, pattern=_QUEUE_PATTERN)
+    """Worker pool that runs this task (a DNS label). Default `default`."""
+
+    priority: int = pydantic.Field(default=0, ge=-1000, le=1000)
+    """Higher runs first among due tasks of the same queue. Default 0."""
+
+    max_retries: int = pydantic.Field(default=3, ge=0, le=100)
+    """Retries after the first failed attempt: at most maxRetries + 1 attempts. Default 3."""
+
+    backoff: Backoff = pydantic.Field(default_factory=Backoff)
+    """Delay between attempts."""
+
+    timeout_seconds: int | None = pydantic.Field(default=None, ge=1, le=86400)
+    """An attempt running longer than this fails as a timeout (and is retried). Unset: no limit."""
+
+    run_at: datetime.datetime | None = None
+    """Do not start before this time (RFC 3339, e.g. 2026-01-02T15:04:05Z). Exclusive with delaySeconds."""
+
+    delay_seconds: int | None = pydantic.Field(default=None, ge=0, le=31536000)
+    """Do not start before this many seconds after admission. Exclusive with runAt."""
+
+    ttl_seconds_after_finished: int | None = pydantic.Field(default=None, ge=0, le=31536000)
+    """Delete the Task object this many seconds after it finished (Succeeded, DeadLetter or Cancelled). History stays in PostgreSQL. Unset: keep it."""
+
+    @pydantic.model_validator(mode="after")
+    def _one_schedule(self) -> "TaskSpec":
+        if self.run_at is not None and self.delay_seconds is not None:
+            raise ValueError("spec.runAt and spec.delaySeconds are exclusive: set one of them")
+        return self
+
+
+class Phase(str, enum.Enum):
+    """Where a Task is in its life. Mirrors the state of its row in PostgreSQL."""
+
+    PENDING = "Pending"
+    """Created, not yet admitted into PostgreSQL by the operator."""
+    QUEUED = "Queued"
+    """Admitted and waiting for a worker (or for its runAt)."""
+    RUNNING = "Running"
+    """A worker holds it and runs an attempt."""
+    RETRYING = "Retrying"
+    """The last attempt failed; the next one is due at nextAttemptAt."""
+    SUCCEEDED = "Succeeded"
+    """An attempt succeeded; status.result holds its result."""
+    DEAD_LETTER = "DeadLetter"
+    """Gave up: the attempt budget is spent or the error was permanent. Annotate kubetask.io/retry to run again."""
+    CANCELLED = "Cancelled"
+    """The Task was deleted before it finished."""
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.DEAD_LETTER, Phase.CANCELLED)
+
+
+#: PostgreSQL state → phase (the state vocabulary lives in the migrations).
+PHASE_BY_STATE: dict[str, Phase] = {
+    "queued": Phase.QUEUED,
+    "running": Phase.RUNNING,
+    "retrying": Phase.RETRYING,
+    "succeeded": Phase.SUCCEEDED,
+    "dead_letter": Phase.DEAD_LETTER,
+    "cancelled": Phase.CANCELLED,
+}
+
+
+class ErrorInfo(_Schema):
+    """The error of a failed attempt."""
+
+    type: str
+    """Exception type, e.g. `ValueError`, `Timeout`, `LeaseExpired`, `PermanentError`."""
+    message: str
+    """Exception message, truncated to 2048 characters; the full traceback is kept in PostgreSQL (`kubetask history`)."""
+    attempt: int | None = None
+    """Attempt number that raised it."""
+
+
+class AttemptRecord(_Schema):
+    """One execution of the task."""
+
+    number: int
+    """Attempt number, 1-based, counted over the Task's whole life."""
+    worker: str | None = None
+    """Pod that ran it."""
+    started_at: datetime.datetime | None = None
+    """When the worker claimed it."""
+    finished_at: datetime.datetime | None = None
+    """When it ended; unset while running."""
+    outcome: Literal["running", "succeeded", "failed", "timeout", "lost", "cancelled", "handed_back"]
+    """running, succeeded, failed, timeout, lost (the worker vanished), cancelled, or handed_back (worker shut down)."""
+    error: str | None = None
+    """`Type: message` of a failed attempt."""
+
+
+class Condition(_Schema):
+    """A Kubernetes-style condition."""
+
+    type: str
+    """Condition type, e.g. `Admitted`, `Finished`."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str
+    """One CamelCase word saying why."""
+    message: str = ""
+    """Human-readable detail."""
+    last_transition_time: datetime.datetime | None = None
+    """When status last changed."""
+
+
+class TaskStatus(_Schema):
+    """What happened, mirrored by the operator from PostgreSQL. Never edit by hand."""
+
+    phase: Phase | None = None
+    """Pending, Queued, Running, Retrying, Succeeded, DeadLetter or Cancelled."""
+    attempts: int = 0
+    """Attempts started so far."""
+    next_attempt_at: datetime.datetime | None = None
+    """When the next attempt is due (Queued and Retrying)."""
+    worker: str | None = None
+    """Pod running (or that last ran) the task."""
+    started_at: datetime.datetime | None = None
+    """When the latest attempt started."""
+    finished_at: datetime.datetime | None = None
+    """When the task reached Succeeded, DeadLetter or Cancelled."""
+    result: Any = None
+    """The handler's return value (JSON), when at most 8 KiB; larger results stay in PostgreSQL and this says so."""
+    last_error: ErrorInfo | None = None
+    """The latest attempt's error."""
+    history: list[AttemptRecord] = pydantic.Field(default_factory=list)
+    """The last 10 attempts, oldest first; all attempts stay in PostgreSQL."""
+    conditions: list[Condition] = pydantic.Field(default_factory=list)
+    """Admitted, Finished, and why."""
+    observed_generation: int | None = None
+    """metadata.generation this status describes."""
+
+
+class Task(_Schema):
+    """A unit of work for kubetask: a handler name and its payload, run by a worker pool with retries."""
+
+    api_version: Literal["kubetask.io/v1alpha1"] = API_VERSION
+    kind: Literal["Task"] = KIND
+    metadata: dict[str, Any] = pydantic.Field(default_factory=dict)
+    spec: TaskSpec
+    status: TaskStatus | None = None
