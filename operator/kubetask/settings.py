@@ -1,0 +1,199 @@
+"""Settings: one small model per concern, read from environment variables.
+
+Each field's docstring gives its unit, default and why; pydantic turns the
+docstrings into descriptions (``use_attribute_docstrings``). A field is read
+from ``KUBETASK_<FIELD NAME IN CAPITALS>`` unless it names another variable in
+its ``json_schema_extra={"env": ...}`` (``DATABASE_URL``, ``POD_NAME``).
+``from_env`` reports a bad value by the variable's name, since that is what
+the user wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any, Self
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "KUBETASK_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the settings refuse."""
+
+
+class _EnvSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, frozen=True, extra="forbid")
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        extra = cls.model_fields[field].json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get("env"), str):
+            return str(extra["env"])
+        return ENV_PREFIX + field.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Build from ``environ`` (default ``os.environ``); unset variables keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in cls.model_fields:
+            name = cls.env_name(field)
+            if name in environ:
+                values[field] = environ[name]
+        try:
+            return cls.model_validate(values)
+        except pydantic.ValidationError as error:
+            problems = []
+            for item in error.errors():
+                field = str(item["loc"][0]) if item["loc"] else ""
+                variable = cls.env_name(field) if field in cls.model_fields else cls.__name__
+                problems.append(f"{variable}={environ.get(variable, '')!r}: {item['msg']}")
+            raise SettingsError("invalid environment: " + "; ".join(problems)) from None
+
+
+class DatabaseSettings(_EnvSettings):
+    url: str = Field(json_schema_extra={"env": "DATABASE_URL"})
+    """PostgreSQL connection URL (``postgresql://user:password@host:port/db``), from ``DATABASE_URL``.
+    Required: there is no sensible default for where the queue lives."""
+
+
+class WorkerSettings(_EnvSettings):
+    queue: str = "default"
+    """Queue this worker pool serves (``KUBETASK_QUEUE``). Default ``default``, the queue a Task
+    gets when its spec names none."""
+
+    concurrency: int = Field(default=4, ge=1, le=1000)
+    """Tasks one worker process runs at once (``KUBETASK_CONCURRENCY``). Default 4: handlers are
+    mostly I/O-bound; raise it for I/O-heavy handlers, lower it to 1 for CPU-bound ones."""
+
+    poll_interval_seconds: float = Field(default=2.0, gt=0)
+    """Seconds between claims when no notification arrives (``KUBETASK_POLL_INTERVAL_SECONDS``).
+    Default 2: NOTIFY wakes the worker at once, polling is the guarantee (delayed tasks that become
+    due, notifications lost across a reconnect), so this bounds that latency."""
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    """Seconds a claim is leased for before the rescuer may take it back (``KUBETASK_LEASE_SECONDS``).
+    Default 30: long enough to ride out a slow database, short enough that a dead pod's task is
+    retried within a minute."""
+
+    heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
+    """Seconds between lease renewals (``KUBETASK_HEARTBEAT_INTERVAL_SECONDS``). Default 10, a third
+    of the lease, so two renewals can fail before the lease runs out."""
+
+    handler_modules: list[str] = Field(default_factory=list, json_schema_extra={"env": "KUBETASK_HANDLERS"})
+    """Modules to import at start-up for their handlers, comma-separated (``KUBETASK_HANDLERS``).
+    Default none: the built-ins and the ``kubetask.handlers`` entry points are always loaded."""
+
+    pod_name: str = Field(default_factory=socket.gethostname, min_length=1,
+                          json_schema_extra={"env": "POD_NAME"})
+    """Name of this worker's pod (``POD_NAME``, set from the downward API), recorded on every attempt
+    and used by the operator to spare busy pods at scale-in. Default: the hostname, which is the pod
+    name in Kubernetes anyway."""
+
+    shutdown_timeout_seconds: float = Field(default=20.0, ge=0)
+    """Seconds running tasks may take to finish after SIGTERM before they are handed back to the
+    queue (``KUBETASK_SHUTDOWN_TIMEOUT_SECONDS``). Default 20: it must stay below the pod's
+    terminationGracePeriodSeconds (default 30) to leave time for the hand-back."""
+
+    max_result_bytes: int = Field(default=65_536, ge=2)
+    """Largest result, in bytes of JSON, a handler may return (``KUBETASK_MAX_RESULT_BYTES``).
+    Default 64 KiB: the result is mirrored into the Task status, stored in etcd; put bigger
+    results in object storage and return a reference."""
+
+    @pydantic.field_validator("handler_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Self:
+        if self.heartbeat_interval_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_interval_seconds ({self.heartbeat_interval_seconds}) must be shorter than "
+                f"lease_seconds ({self.lease_seconds}), or leases expire between renewals; "
+                "a third of the lease is a good value"
+            )
+        return self
+
+
+class OperatorSettings(_EnvSettings):
+    """The operator's knobs. ``database`` is read from ``DATABASE_URL`` by ``from_env``."""
+
+    database: DatabaseSettings = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    """Where the queue lives (``DATABASE_URL``)."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces whose Tasks and worker pools the operator serves, comma-separated
+    (``KUBETASK_NAMESPACES``). Default empty: the whole cluster."""
+
+    standalone: bool = False
+    """Run without kopf peering (``KUBETASK_STANDALONE``). Default false: replicas of the operator
+    use peering so only one acts; set true for a single local operator."""
+
+    peering_name: str = "kubetask"
+    """Name of the KopfPeering object that elects the active operator (``KUBETASK_PEERING_NAME``)."""
+
+    priority: int = 0
+    """Peering priority of this replica (``KUBETASK_PRIORITY``); the highest one acts. Default 0."""
+
+    liveness_endpoint: str | None = None
+    """kopf liveness endpoint, e.g. ``http://0.0.0.0:8080/healthz`` (``KUBETASK_LIVENESS_ENDPOINT``).
+    Default none."""
+
+    api_concurrency: int = Field(default=16, ge=1, le=256)
+    """Kubernetes API requests in flight at once (``KUBETASK_API_CONCURRENCY``). Default 16: enough
+    to mirror a few hundred statuses a second without crowding the API server."""
+
+    admit_batch_size: int = Field(default=500, ge=1)
+    """Most Tasks admitted in one INSERT (``KUBETASK_ADMIT_BATCH_SIZE``). Default 500."""
+
+    admit_batch_window_seconds: float = Field(default=0.005, ge=0)
+    """Seconds to wait for more new Tasks before inserting a batch (``KUBETASK_ADMIT_BATCH_WINDOW_SECONDS``).
+    Default 5 ms: a burst goes in a few round trips, a single Task is barely delayed."""
+
+    mirror_batch_size: int = Field(default=500, ge=1)
+    """Most rows mirrored into Task statuses per round (``KUBETASK_MIRROR_BATCH_SIZE``). Default 500."""
+
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    """Seconds between checks of the outbox when no NOTIFY arrives (``KUBETASK_POLL_INTERVAL_SECONDS``).
+    Default 1: NOTIFY is the fast path, this bounds the delay if one is lost."""
+
+    scale_interval_seconds: float = Field(default=1.0, gt=0)
+    """Seconds between scaling decisions without an enqueue notification (``KUBETASK_SCALE_INTERVAL_SECONDS``).
+    Default 1: also how promptly a cooldown that ran out scales a pool in."""
+
+    rescue_interval_seconds: float = Field(default=5.0, gt=0)
+    """Seconds between searches for expired leases (``KUBETASK_RESCUE_INTERVAL_SECONDS``). Default 5,
+    so a dead worker's task is retried within lease + 5 s."""
+
+    cleaner_interval_seconds: float = Field(default=5.0, gt=0)
+    """Seconds between deletions of finished Tasks whose ttlSecondsAfterFinished ran out
+    (``KUBETASK_CLEANER_INTERVAL_SECONDS``). Default 5."""
+
+    orphan_sweep_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between sweeps that cancel tasks whose Task object was deleted while the operator was
+    down (``KUBETASK_ORPHAN_SWEEP_SECONDS``). Default 60: one LIST of Tasks each time."""
+
+    admission_events: bool = True
+    """Post an ``Admitted`` Event on every Task (``KUBETASK_ADMISSION_EVENTS``). Default true; set false to
+    save one API write per Task at high rates (Retrying and DeadLetter Events are always posted)."""
+
+    @pydantic.field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        environ = os.environ if environ is None else environ
+        database = DatabaseSettings.from_env(environ)
+        base = super().from_env({k: v for k, v in environ.items() if k != cls.env_name("database")})
+        return base.model_copy(update={"database": database})

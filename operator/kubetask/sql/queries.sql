@@ -1,0 +1,412 @@
+-- Every SQL statement kubetask runs, one per "-- name:" header.
+--
+-- Loaded once by kubetask.store. Parameters are named (%(name)s). Each
+-- state-changing statement bumps version and notifies kubetask_status in the
+-- same statement, and a statement that makes work due notifies kubetask_queue
+-- with the queue's name. PostgreSQL delivers notifications only at commit and
+-- folds identical ones within a transaction, so a listener never sees work
+-- that is not yet visible. A SELECT in WITH runs only when the main query
+-- reads it, hence the "(SELECT count(*) FROM notified_…)" columns.
+
+-- name: migrate_lock
+-- Serialises concurrent migrate() calls (two operators starting at once).
+SELECT pg_advisory_xact_lock(7150418245603961601);
+
+-- name: create_schema_version
+CREATE TABLE IF NOT EXISTS kubetask_schema_version (
+    name text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations
+SELECT name FROM kubetask_schema_version ORDER BY name;
+
+-- name: record_migration
+INSERT INTO kubetask_schema_version (name) VALUES (%(name)s);
+
+-- name: listen_queue
+LISTEN kubetask_queue;
+
+-- name: listen_status
+LISTEN kubetask_status;
+
+-- name: admit
+WITH incoming AS (
+    SELECT *
+    FROM unnest(
+        %(uid)s::uuid[], %(namespace)s::text[], %(name)s::text[], %(type)s::text[],
+        %(payload)s::jsonb[], %(queue)s::text[], %(priority)s::integer[],
+        %(max_retries)s::integer[], %(backoff_initial_seconds)s::float8[],
+        %(backoff_factor)s::float8[], %(backoff_max_seconds)s::float8[],
+        %(backoff_jitter)s::float8[], %(timeout_seconds)s::integer[],
+        %(run_at)s::timestamptz[], %(ttl_seconds_after_finished)s::integer[]
+    ) AS i (uid, namespace, name, type, payload, queue, priority, max_retries,
+            backoff_initial_seconds, backoff_factor, backoff_max_seconds,
+            backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished)
+), inserted AS (
+    INSERT INTO kubetask_tasks (
+        uid, namespace, name, type, payload, queue, priority, max_retries,
+        backoff_initial_seconds, backoff_factor, backoff_max_seconds,
+        backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished)
+    SELECT uid, namespace, name, type, payload, queue, priority, max_retries,
+           backoff_initial_seconds, backoff_factor, backoff_max_seconds,
+           backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished
+    FROM incoming
+    ON CONFLICT (uid) DO NOTHING
+    RETURNING queue, run_at
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue)
+    FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now()) AS due
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM inserted)
+)
+SELECT (SELECT count(*) FROM inserted) AS admitted,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified;
+
+-- name: claim
+WITH picked AS (
+    SELECT id
+    FROM kubetask_tasks
+    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE kubetask_tasks AS t
+    SET state = 'running',
+        attempts = t.attempts + 1,
+        lease_owner = %(lease_owner)s,
+        worker_pod = %(worker_pod)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(),
+        version = t.version + 1
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING t.*
+), attempt AS (
+    INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner, started_at)
+    SELECT id, attempts, worker_pod, lease_owner, started_at FROM claimed
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM claimed)
+)
+SELECT c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
+       c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
+       c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
+       c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod
+FROM claimed AS c CROSS JOIN notified_status
+ORDER BY c.priority DESC, c.run_at, c.id;
+
+-- name: heartbeat
+-- Extends only the leases of tasks the worker says it runs; returns those it
+-- thinks it runs but no longer holds (cancelled, or rescued after a stall).
+-- A lease is not part of a Task's status: no version bump.
+WITH extended AS (
+    UPDATE kubetask_tasks
+    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    WHERE id = ANY(%(held)s::bigint[]) AND lease_owner = %(lease_owner)s AND state = 'running'
+    RETURNING id
+)
+SELECT held.id
+FROM unnest(%(held)s::bigint[]) AS held (id)
+WHERE held.id NOT IN (SELECT id FROM extended)
+ORDER BY held.id;
+
+-- name: complete
+-- Guarded by lease owner, state and attempt number: a late result of an
+-- attempt that was rescued, cancelled or superseded changes nothing.
+WITH done AS (
+    UPDATE kubetask_tasks
+    SET state = 'succeeded',
+        result = %(result)s,
+        finished_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = version + 1
+    WHERE id = %(task_id)s AND lease_owner = %(lease_owner)s AND state = 'running'
+      AND attempts = %(attempt)s
+    RETURNING id, attempts
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'succeeded', finished_at = now(), result = %(result)s
+    FROM done
+    WHERE a.task_id = done.id AND a.number = done.attempts AND a.outcome = 'running'
+    RETURNING a.number
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM done)
+)
+SELECT (SELECT count(*) FROM done) AS tasks,
+       (SELECT count(*) FROM attempt) AS attempts,
+       (SELECT count(*) FROM notified_status) AS notified;
+
+-- name: fail
+-- retry_at NULL: dead letter. Otherwise retrying until retry_at; when that is
+-- already due the queue is notified at once.
+WITH failed AS (
+    UPDATE kubetask_tasks
+    SET state = CASE WHEN %(retry_at)s::timestamptz IS NULL THEN 'dead_letter' ELSE 'retrying' END,
+        run_at = coalesce(%(retry_at)s::timestamptz, run_at),
+        finished_at = CASE WHEN %(retry_at)s::timestamptz IS NULL THEN now() END,
+        last_error = jsonb_build_object(
+            'type', %(error_type)s::text, 'message', %(message)s::text, 'attempt', attempts),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = version + 1
+    WHERE id = %(task_id)s AND lease_owner = %(lease_owner)s AND state = 'running'
+      AND attempts = %(attempt)s
+    RETURNING id, attempts, state, queue, run_at
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = %(outcome)s, finished_at = now(), error_type = %(error_type)s,
+        error_message = %(message)s, traceback = %(traceback)s
+    FROM failed
+    WHERE a.task_id = failed.id AND a.number = failed.attempts AND a.outcome = 'running'
+    RETURNING a.number
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue) FROM failed
+    WHERE state = 'retrying' AND run_at <= now()
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM failed)
+)
+SELECT (SELECT count(*) FROM failed) AS tasks,
+       (SELECT count(*) FROM attempt) AS attempts,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified;
+
+-- name: hand_back
+-- Graceful shutdown. The task keeps its run_at (it was due, so it goes back
+-- to the front of its priority), and budget_base moves with attempts so the
+-- handed-back attempt does not spend the retry budget.
+WITH back AS (
+    UPDATE kubetask_tasks
+    SET state = 'queued',
+        budget_base = budget_base + 1,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = version + 1
+    WHERE id = ANY(%(task_ids)s::bigint[]) AND lease_owner = %(lease_owner)s AND state = 'running'
+    RETURNING id, attempts, queue, worker_pod
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'handed_back', finished_at = now(), error_type = 'HandedBack',
+        error_message = 'worker pod ' || back.worker_pod
+            || ' shut down before the attempt finished and returned the task to the queue'
+    FROM back
+    WHERE a.task_id = back.id AND a.number = back.attempts AND a.outcome = 'running'
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue) FROM (SELECT DISTINCT queue FROM back) AS q
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM back)
+)
+SELECT (SELECT count(*) FROM back) AS tasks,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified;
+
+-- name: lock_expired
+-- SKIP LOCKED: two rescuers never take the same row, and a row that a worker
+-- is completing right now is left for the next round.
+SELECT id, uid::text AS uid, namespace, name, queue, attempts AS attempt,
+       attempts - budget_base AS attempt_in_budget, max_retries,
+       backoff_initial_seconds, backoff_factor, backoff_max_seconds, backoff_jitter,
+       worker_pod, lease_owner, lease_expires_at, now() AS now
+FROM kubetask_tasks
+WHERE state = 'running' AND lease_expires_at < now()
+ORDER BY lease_expires_at, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: rescue
+-- Applies the decisions made for the rows lock_expired returned (same
+-- transaction). retry_at NULL: dead letter.
+WITH decision AS (
+    SELECT *
+    FROM unnest(%(task_id)s::bigint[], %(retry_at)s::timestamptz[], %(message)s::text[])
+        AS d (task_id, retry_at, message)
+), rescued AS (
+    UPDATE kubetask_tasks AS t
+    SET state = CASE WHEN d.retry_at IS NULL THEN 'dead_letter' ELSE 'retrying' END,
+        run_at = coalesce(d.retry_at, t.run_at),
+        finished_at = CASE WHEN d.retry_at IS NULL THEN now() END,
+        last_error = jsonb_build_object('type', 'LeaseExpired', 'message', d.message, 'attempt', t.attempts),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = t.version + 1
+    FROM decision AS d
+    WHERE t.id = d.task_id AND t.state = 'running'
+    RETURNING t.id, t.attempts, t.state, t.queue, t.run_at, d.message
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'lost', finished_at = now(), error_type = 'LeaseExpired', error_message = r.message
+    FROM rescued AS r
+    WHERE a.task_id = r.id AND a.number = r.attempts AND a.outcome = 'running'
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue)
+    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'retrying' AND run_at <= now()) AS q
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM rescued)
+)
+SELECT r.id, r.state, r.run_at,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified
+FROM rescued AS r;
+
+-- name: cancel
+WITH cancelled AS (
+    UPDATE kubetask_tasks
+    SET state = 'cancelled',
+        finished_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = version + 1
+    WHERE uid = %(uid)s::uuid AND state IN ('queued', 'running', 'retrying')
+    RETURNING id, attempts
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'cancelled', finished_at = now(), error_type = 'Cancelled',
+        error_message = 'the Task was deleted while this attempt was running'
+    FROM cancelled AS c
+    WHERE a.task_id = c.id AND a.number = c.attempts AND a.outcome = 'running'
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM cancelled)
+)
+SELECT (SELECT count(*) FROM cancelled) AS tasks,
+       (SELECT count(*) FROM notified_status) AS notified;
+
+-- name: retry_dead
+-- A fresh retry budget (budget_base = attempts); attempt numbers and history
+-- continue. The old result goes (it would contradict the new phase); the last
+-- error stays as the reason for the retry until a new attempt replaces it.
+-- A token already acted on changes nothing.
+WITH requeued AS (
+    UPDATE kubetask_tasks
+    SET state = 'queued',
+        run_at = now(),
+        budget_base = attempts,
+        finished_at = NULL,
+        result = NULL,
+        retry_token = coalesce(%(token)s::text, retry_token),
+        version = version + 1
+    WHERE uid = %(uid)s::uuid AND state IN ('dead_letter', 'succeeded')
+      AND (%(token)s::text IS NULL OR retry_token IS DISTINCT FROM %(token)s::text)
+      AND object_deleted_at IS NULL
+    RETURNING queue
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue) FROM requeued
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM requeued)
+)
+SELECT (SELECT count(*) FROM requeued) AS tasks,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified;
+
+-- name: cancel_missing
+-- Tasks whose object was deleted while the operator was not watching: every
+-- unfinished row admitted before the list of live uids was taken and absent
+-- from it.
+WITH cancelled AS (
+    UPDATE kubetask_tasks
+    SET state = 'cancelled',
+        finished_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = version + 1
+    WHERE state IN ('queued', 'running', 'retrying') AND created_at < %(admitted_before)s
+      AND uid <> ALL(%(live)s::uuid[])
+    RETURNING id, attempts
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'cancelled', finished_at = now(), error_type = 'Cancelled',
+        error_message = 'the Task was deleted while this attempt was running'
+    FROM cancelled AS c
+    WHERE a.task_id = c.id AND a.number = c.attempts AND a.outcome = 'running'
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM cancelled)
+)
+SELECT (SELECT count(*) FROM cancelled) AS tasks,
+       (SELECT count(*) FROM notified_status) AS notified;
+
+-- name: expired_ttl
+-- Finished rows whose Task object has outlived ttlSecondsAfterFinished, once
+-- the final status has been mirrored (the user got to see it).
+SELECT uid::text AS uid, namespace, name
+FROM kubetask_tasks
+WHERE ttl_seconds_after_finished IS NOT NULL AND object_deleted_at IS NULL
+  AND state IN ('succeeded', 'dead_letter')
+  AND finished_at + make_interval(secs => ttl_seconds_after_finished) <= now()
+  AND mirrored_version = version
+ORDER BY finished_at + make_interval(secs => ttl_seconds_after_finished)
+LIMIT %(limit)s;
+
+-- name: mark_object_deleted
+-- Not a status change (the object is gone): no version bump.
+UPDATE kubetask_tasks SET object_deleted_at = now()
+WHERE uid = %(uid)s::uuid AND object_deleted_at IS NULL;
+
+-- name: pending_status
+-- The outbox: statuses behind their rows, oldest version first, each with its
+-- latest attempts (oldest of them first) fetched in the same round trip.
+SELECT t.id, t.uid::text AS uid, t.namespace, t.name, t.type, t.queue, t.state,
+       t.attempts, t.attempts - t.budget_base AS attempts_in_budget, t.max_retries,
+       t.run_at, t.worker_pod, t.created_at, t.started_at, t.finished_at, t.result, t.last_error,
+       t.version, t.mirrored_state, coalesce(h.history, '[]'::json) AS history
+FROM kubetask_tasks AS t
+LEFT JOIN LATERAL (
+    SELECT json_agg(json_build_object(
+               'number', a.number, 'worker_pod', a.worker_pod, 'started_at', a.started_at,
+               'finished_at', a.finished_at, 'outcome', a.outcome,
+               'error_type', a.error_type, 'error_message', a.error_message)
+           ORDER BY a.number) AS history
+    FROM (SELECT * FROM kubetask_attempts AS a
+          WHERE a.task_id = t.id ORDER BY a.number DESC LIMIT %(history)s) AS a
+) AS h ON true
+WHERE t.version > t.mirrored_version
+ORDER BY t.version, t.id
+LIMIT %(limit)s;
+
+-- name: mark_mirrored
+-- Coalescing: an older version never overwrites a newer mark.
+UPDATE kubetask_tasks AS t
+SET mirrored_version = m.version, mirrored_state = m.state
+FROM unnest(%(task_id)s::bigint[], %(version)s::bigint[], %(state)s::text[]) AS m (id, version, state)
+WHERE t.id = m.id AND m.version > t.mirrored_version AND m.version <= t.version;
+
+-- name: queue_depths
+WITH waiting AS (
+    SELECT queue,
+           count(*) FILTER (WHERE run_at <= now()) AS ready,
+           count(*) FILTER (WHERE run_at > now()) AS scheduled
+    FROM kubetask_tasks
+    WHERE state IN ('queued', 'retrying')
+    GROUP BY queue
+), per_pod AS (
+    SELECT queue, worker_pod, count(*) AS running
+    FROM kubetask_tasks
+    WHERE state = 'running'
+    GROUP BY queue, worker_pod
+), busy AS (
+    SELECT queue, sum(running)::bigint AS running, jsonb_object_agg(worker_pod, running) AS busy_pods
+    FROM per_pod
+    GROUP BY queue
+)
+SELECT coalesce(w.queue, b.queue) AS queue, coalesce(w.ready, 0) AS ready,
+       coalesce(b.running, 0) AS running, coalesce(w.scheduled, 0) AS scheduled,
+       coalesce(b.busy_pods, '{}'::jsonb) AS busy_pods
+FROM waiting AS w FULL JOIN busy AS b ON w.queue = b.queue
+ORDER BY 1;
+
+-- name: get_task
+SELECT id, uid::text AS uid, namespace, name, type, payload, queue, priority, max_retries,
+       backoff_initial_seconds, backoff_factor, backoff_max_seconds, backoff_jitter,
+       timeout_seconds, state, attempts, budget_base, run_at, lease_owner, worker_pod,
+       lease_expires_at, result, last_error, created_at, started_at, finished_at,
+       version, mirrored_version, mirrored_state
+FROM kubetask_tasks
+WHERE uid = %(uid)s::uuid;
+
+-- name: task_history
+SELECT a.number, a.worker_pod, a.lease_owner, a.started_at, a.finished_at, a.outcome,
+       a.error_type, a.error_message, a.traceback, a.result
+FROM kubetask_attempts AS a
+JOIN kubetask_tasks AS t ON t.id = a.task_id
+WHERE t.uid = %(uid)s::uuid
+ORDER BY a.number;

@@ -1,0 +1,119 @@
+"""PostgreSQL for the engine tests: one real server per session, a fresh database per test.
+
+The migrations run once, into a template database; each test gets its own
+database cloned from it with ``CREATE DATABASE … TEMPLATE`` (milliseconds),
+so tests never see each other's rows and never pay for the migrations again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from kubetask_dev.postgres import PostgresServer
+
+from kubetask import store
+
+TEMPLATE = "kubetask_template"
+_numbers = itertools.count()
+T = TypeVar("T")
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Awaitable[Any]]:
+    return wait_until
+
+
+async def _migrate(dsn: str) -> None:
+    conn = await store.connect(dsn)
+    try:
+        await store.migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_dsn(pg_server: PostgresServer) -> str:
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {TEMPLATE}")
+    asyncio.run(_migrate(pg_server.dsn(TEMPLATE)))
+    return pg_server.dsn(TEMPLATE)
+
+
+def create_database(server: PostgresServer, template: str | None) -> str:
+    name = f"test_{next(_numbers)}"
+    with psycopg.connect(server.dsn("postgres"), autocommit=True) as admin:
+        if template is None:
+            admin.execute(f"CREATE DATABASE {name}")
+        else:
+            admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    return server.dsn(name)
+
+
+@pytest.fixture
+def dsn(pg_server: PostgresServer, template_dsn: str) -> str:
+    """A fresh, migrated database for this test."""
+    return create_database(pg_server, TEMPLATE)
+
+
+@pytest.fixture
+def empty_dsn(pg_server: PostgresServer) -> str:
+    """A fresh database without the kubetask schema."""
+    return create_database(pg_server, None)
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[store.Conn]:
+    connection = await store.connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def connect(dsn: str) -> AsyncIterator[Callable[[], Awaitable[store.Conn]]]:
+    """Open more connections to this test's database (closed at the end of the test)."""
+    opened: list[store.Conn] = []
+
+    async def open_one() -> store.Conn:
+        connection = await store.connect(dsn)
+        opened.append(connection)
+        return connection
+
+    yield open_one
+    for connection in opened:
+        await connection.close()
+
+
+def new_task(**fields: Any) -> store.NewTask:
+    """A task with a fresh uid and defaults that keep tests fast (no backoff, no jitter)."""
+    defaults: dict[str, Any] = {
+        "uid": str(uuid.uuid4()), "namespace": "default", "name": f"task-{next(_numbers)}",
+        "type": "echo", "payload": {}, "backoff_initial_seconds": 0.0, "backoff_jitter": 0.0,
+    }
+    return store.NewTask(**{**defaults, **fields})
+
+
+@pytest.fixture(name="new_task")
+def new_task_fixture() -> Callable[..., store.NewTask]:
+    return new_task
+
+
+async def wait_until(check: Callable[[], Awaitable[T | None]], timeout: float = 15.0,
+                     interval: float = 0.02, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

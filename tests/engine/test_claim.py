@@ -1,0 +1,97 @@
+"""Claim: priority then due time, only what is due, a batch per statement, never a row twice."""
+
+import asyncio
+import datetime
+
+from kubetask import store
+
+
+async def test_claim_orders_by_priority_then_run_at_then_id(conn: store.Conn, new_task) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    earlier, later = now - datetime.timedelta(minutes=2), now - datetime.timedelta(minutes=1)
+    tasks = [
+        new_task(name="low", priority=0, run_at=earlier),
+        new_task(name="high-later", priority=5, run_at=later),
+        new_task(name="high-earlier", priority=5, run_at=earlier),
+        new_task(name="mid-a", priority=1, run_at=later),
+        new_task(name="mid-b", priority=1, run_at=later),
+    ]
+    await store.admit(conn, tasks)
+    first = await store.claim(conn, "default", "pod/1", "pod", 3, 30)
+    assert [t.name for t in first] == ["high-earlier", "high-later", "mid-a"]
+    rest = await store.claim(conn, "default", "pod/1", "pod", 10, 30)
+    assert [t.name for t in rest] == ["mid-b", "low"]
+
+
+async def test_future_tasks_and_other_queues_are_not_claimed(conn: store.Conn, new_task) -> None:
+    future = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    await store.admit(conn, [new_task(run_at=future), new_task(queue="other"), new_task(name="due")])
+    claimed = await store.claim(conn, "default", "pod/1", "pod", 10, 30)
+    assert [t.name for t in claimed] == ["due"]
+    depths = await store.queue_depths(conn)
+    assert depths["default"] == store.QueueDepth(ready=0, running=1, scheduled=1, busy_pods={"pod": 1})
+    assert depths["other"] == store.QueueDepth(ready=1, running=0, scheduled=0, busy_pods={})
+
+
+async def test_claim_starts_an_attempt(conn: store.Conn, new_task) -> None:
+    task = new_task(payload={"k": "v"}, timeout_seconds=5)
+    await store.admit(conn, [task])
+    [claimed] = await store.claim(conn, "default", "pod-a/abc", "pod-a", 1, 30)
+    assert (claimed.uid, claimed.attempt, claimed.attempt_in_budget, claimed.timeout_seconds) == (task.uid, 1, 1, 5)
+    assert claimed.payload == {"k": "v"} and claimed.lease_owner == "pod-a/abc"
+    row = await store.get_task(conn, task.uid)
+    assert row is not None
+    assert (row.state, row.attempts, row.worker_pod, row.lease_owner, row.version) == (
+        "running", 1, "pod-a", "pod-a/abc", 2)
+    assert row.lease_expires_at is not None and row.started_at is not None
+    assert 29 < (row.lease_expires_at - row.started_at).total_seconds() <= 30
+    [attempt] = await store.task_history(conn, task.uid)
+    assert (attempt.number, attempt.outcome, attempt.worker_pod, attempt.lease_owner) == (
+        1, "running", "pod-a", "pod-a/abc")
+    assert await store.claim(conn, "default", "pod-a/abc", "pod-a", 1, 30) == []
+    assert await store.claim(conn, "default", "pod-a/abc", "pod-a", 0, 30) == []
+
+
+async def test_skip_locked_gives_concurrent_claimers_disjoint_rows(connect, new_task) -> None:
+    first, second = await connect(), await connect()
+    await store.admit(first, [new_task() for _ in range(6)])
+    async with first.transaction():
+        # The first claimer's transaction is still open: its rows stay locked.
+        mine = await store.claim(first, "default", "a/1", "a", 4, 30)
+        async with asyncio.timeout(5):
+            theirs = await store.claim(second, "default", "b/1", "b", 4, 30)
+    assert len(mine) == 4 and len(theirs) == 2
+    assert not {t.id for t in mine} & {t.id for t in theirs}
+
+
+async def test_many_concurrent_claimers_claim_each_task_once(connect, new_task) -> None:
+    conns = [await connect() for _ in range(4)]
+    await store.admit(conns[0], [new_task() for _ in range(100)])
+
+    async def drain(conn: store.Conn, owner: str) -> list[int]:
+        ids: list[int] = []
+        while batch := await store.claim(conn, "default", owner, owner, 3, 30):
+            ids.extend(t.id for t in batch)
+        return ids
+
+    results = await asyncio.gather(*(drain(conn, f"w{i}") for i, conn in enumerate(conns)))
+    everything = [task_id for ids in results for task_id in ids]
+    assert len(everything) == len(set(everything)) == 100
+
+
+async def plan(conn: store.Conn, query: str, params: dict[str, object]) -> str:
+    async with conn.transaction():
+        # Tiny test tables make a sequential scan cheapest; ask whether the index *can* serve the query.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        cursor = await conn.execute("EXPLAIN " + query, params)  # type: ignore[operator]
+        return "\n".join(row[0] for row in await cursor.fetchall())
+
+
+async def test_queries_are_served_by_their_partial_indexes(conn: store.Conn) -> None:
+    claim = await plan(conn, store.QUERIES["claim"], {
+        "queue": "q", "lease_owner": "o", "worker_pod": "p", "limit": 5, "lease_seconds": 30})
+    picking = claim.split("CTE picked")[1].split("CTE claimed")[0]
+    assert "Index Scan using kubetask_tasks_claim" in picking
+    assert "Sort" not in picking, "the index yields the claim's order: no sort"
+    assert "kubetask_tasks_lease_expiry" in await plan(conn, store.QUERIES["lock_expired"], {"limit": 5})
+    assert "kubetask_tasks_unmirrored" in await plan(conn, store.QUERIES["pending_status"], {"limit": 5, "history": 10})

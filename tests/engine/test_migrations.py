@@ -1,0 +1,80 @@
+"""Migrations: applied in order, once, safely when two processes start at the same time."""
+
+import asyncio
+
+import psycopg
+import pytest
+
+from kubetask import store
+
+SCHEMA = """
+SELECT table_name, column_name, data_type, is_nullable, column_default
+FROM information_schema.columns WHERE table_schema = 'public'
+UNION ALL
+SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), '', ''
+FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+UNION ALL
+SELECT tablename, indexname, indexdef, '', '' FROM pg_indexes WHERE schemaname = 'public'
+ORDER BY 1, 2
+"""
+
+
+async def schema(conn: store.Conn) -> list[tuple[str, ...]]:
+    cursor = await conn.execute(SCHEMA)
+    return await cursor.fetchall()
+
+
+async def test_migrations_apply_once_and_twice_is_a_no_op(empty_dsn: str) -> None:
+    conn = await store.connect(empty_dsn)
+    try:
+        assert await store.migrate(conn) == ["0001_initial"]
+        before = await schema(conn)
+        assert await store.migrate(conn) == []
+        assert await schema(conn) == before
+        cursor = await conn.execute("SELECT name FROM kubetask_schema_version")
+        assert await cursor.fetchall() == [("0001_initial",)]
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrations_apply_each_file_once(empty_dsn: str) -> None:
+    conns = [await store.connect(empty_dsn) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(store.migrate(conn) for conn in conns))
+        assert sorted(results) == [[], [], ["0001_initial"]]
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+@pytest.mark.parametrize(("statement", "constraint"), [
+    ("UPDATE kubetask_tasks SET state = 'paused'", "kubetask_tasks_state_valid"),
+    ("UPDATE kubetask_tasks SET state = 'succeeded'", "kubetask_tasks_finished_iff_final"),
+    ("UPDATE kubetask_tasks SET state = 'running'", "kubetask_tasks_running_has_lease"),
+    ("UPDATE kubetask_tasks SET lease_owner = 'x'", "kubetask_tasks_lease_only_while_running"),
+    ("UPDATE kubetask_tasks SET budget_base = 1", "kubetask_tasks_budget_within_attempts"),
+    ("UPDATE kubetask_tasks SET backoff_jitter = 2", "kubetask_tasks_retry_policy_valid"),
+    ("UPDATE kubetask_tasks SET payload = '[]'", "kubetask_tasks_payload_is_object"),
+])
+async def test_named_constraints_keep_rows_consistent(conn: store.Conn, new_task, statement: str,
+                                                      constraint: str) -> None:
+    await store.admit(conn, [new_task()])
+    with pytest.raises(psycopg.errors.CheckViolation) as raised:
+        await conn.execute(statement)
+    assert raised.value.diag.constraint_name == constraint
+
+
+async def test_a_task_never_has_two_running_attempts(conn: store.Conn, new_task) -> None:
+    await store.admit(conn, [new_task()])
+    [task] = await store.claim(conn, "default", "p/1", "p", 1, 30)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await conn.execute(
+            "INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner) VALUES (%s, 2, 'p', 'p/2')",
+            [task.id])
+
+
+def test_every_query_is_loaded_and_named_uniquely() -> None:
+    assert {"admit", "claim", "heartbeat", "complete", "fail", "hand_back", "lock_expired", "rescue",
+            "cancel", "retry_dead", "pending_status", "mark_mirrored", "queue_depths"} <= set(store.QUERIES)
+    with pytest.raises(ValueError, match="defined twice"):
+        store._load_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")

@@ -1,0 +1,41 @@
+"""Settings read from the environment, with errors that name the variable."""
+
+import socket
+
+import pytest
+
+from kubetask import settings
+
+
+def test_defaults_and_pod_name_fallback() -> None:
+    worker = settings.WorkerSettings.from_env({})
+    assert (worker.queue, worker.concurrency, worker.handler_modules) == ("default", 4, [])
+    assert worker.pod_name == socket.gethostname()
+    assert worker.heartbeat_interval_seconds < worker.lease_seconds
+
+
+def test_environment_variables() -> None:
+    worker = settings.WorkerSettings.from_env({
+        "KUBETASK_QUEUE": "emails", "KUBETASK_CONCURRENCY": "8", "KUBETASK_LEASE_SECONDS": "12.5",
+        "KUBETASK_HEARTBEAT_INTERVAL_SECONDS": "4", "KUBETASK_HANDLERS": " a.b , c ,", "POD_NAME": "w-1",
+        "KUBETASK_SHUTDOWN_TIMEOUT_SECONDS": "0", "KUBETASK_MAX_RESULT_BYTES": "100",
+    })
+    assert (worker.queue, worker.concurrency, worker.lease_seconds, worker.handler_modules, worker.pod_name) == (
+        "emails", 8, 12.5, ["a.b", "c"], "w-1")
+    database = settings.DatabaseSettings.from_env({"DATABASE_URL": "postgresql://x@y/z"})
+    assert database.url == "postgresql://x@y/z"
+
+
+def test_bad_values_name_the_variable() -> None:
+    with pytest.raises(settings.SettingsError, match="KUBETASK_CONCURRENCY='zero'"):
+        settings.WorkerSettings.from_env({"KUBETASK_CONCURRENCY": "zero"})
+    with pytest.raises(settings.SettingsError, match="DATABASE_URL"):
+        settings.DatabaseSettings.from_env({})
+    with pytest.raises(settings.SettingsError, match="must be shorter than lease_seconds"):
+        settings.WorkerSettings.from_env({"KUBETASK_LEASE_SECONDS": "5"})
+
+
+def test_every_field_is_documented() -> None:
+    for model in (settings.DatabaseSettings, settings.WorkerSettings):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no docstring"
