@@ -1,0 +1,126 @@
+"""Build a Task's ``status`` from its PostgreSQL row: pure, no I/O.
+
+The mirror always writes the *whole* latest status, so a Task that finished
+before the operator got to it goes straight to Succeeded (coalescing), and
+fields that no longer apply are sent as ``null`` so the merge patch removes
+them. Sizes are capped here so a huge result or error can never make the
+status patch fail: the full values stay in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any, Protocol, Sequence
+
+from kubetask import model
+
+
+class AttemptLike(Protocol):
+    number: int
+    worker_pod: str | None
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    outcome: str
+    error_type: str | None
+    error_message: str | None
+
+
+class RowLike(Protocol):
+    state: str
+    attempts: int
+    run_at: datetime.datetime | None
+    worker_pod: str | None
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    created_at: datetime.datetime
+    result: Any
+    last_error: dict[str, Any] | None
+    history: Sequence[AttemptLike]
+
+
+def _time(value: datetime.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _truncate(text: str | None, limit: int = model.MAX_STATUS_ERROR_CHARS) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+def capped_result(result: Any) -> Any:
+    if result is None:
+        return None
+    encoded = json.dumps(result, separators=(",", ":"))
+    if len(encoded.encode()) <= model.MAX_STATUS_RESULT_BYTES:
+        return result
+    return {
+        "truncated": True,
+        "bytes": len(encoded.encode()),
+        "message": f"result larger than {model.MAX_STATUS_RESULT_BYTES} bytes; `kubetask history` shows it in full",
+    }
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str, when: datetime.datetime | None) -> dict[str, Any]:
+    return {"type": type_, "status": "True" if ok else "False", "reason": reason, "message": message,
+            "lastTransitionTime": _time(when)}
+
+
+def build(row: RowLike) -> dict[str, Any]:
+    phase = model.PHASE_BY_STATE[row.state]
+    history = [
+        {
+            "number": a.number,
+            "worker": a.worker_pod,
+            "startedAt": _time(a.started_at),
+            "finishedAt": _time(a.finished_at),
+            "outcome": a.outcome,
+            "error": _truncate(f"{a.error_type}: {a.error_message or ''}" if a.error_type else None, 512),
+        }
+        for a in list(row.history)[-model.STATUS_HISTORY_LENGTH:]
+    ]
+    for entry in history:
+        for key in [k for k, v in entry.items() if v is None]:
+            del entry[key]
+    last_error = None
+    if row.last_error:
+        last_error = {
+            "type": str(row.last_error.get("type", "Error")),
+            "message": _truncate(str(row.last_error.get("message", ""))),
+            "attempt": row.last_error.get("attempt"),
+        }
+    conditions = [_condition("Admitted", True, "Admitted", "stored in PostgreSQL", row.created_at)]
+    if phase.finished:
+        conditions.append(_condition("Finished", True, phase.value, f"finished as {phase.value}", row.finished_at))
+    waiting = phase in (model.Phase.QUEUED, model.Phase.RETRYING)
+    return {
+        "phase": phase.value,
+        "attempts": row.attempts,
+        "nextAttemptAt": _time(row.run_at) if waiting else None,
+        "worker": row.worker_pod,
+        "startedAt": _time(row.started_at),
+        "finishedAt": _time(row.finished_at) if phase.finished else None,
+        "result": capped_result(row.result) if phase is model.Phase.SUCCEEDED else None,
+        "lastError": last_error,
+        "history": history,
+        "conditions": conditions,
+        "observedGeneration": 1,
+    }
+
+
+def rejected(reason: str, message: str, now: datetime.datetime) -> dict[str, Any]:
+    """Status of a Task the operator refuses to admit (the CRD schema could not catch it)."""
+    return {
+        "phase": model.Phase.DEAD_LETTER.value,
+        "attempts": 0,
+        "lastError": {"type": reason, "message": _truncate(message)},
+        "finishedAt": _time(now),
+        "conditions": [
+            _condition("Admitted", False, reason, message, now),
+            _condition("Finished", True, model.Phase.DEAD_LETTER.value, message, now),
+        ],
+        "observedGeneration": 1,
+    }

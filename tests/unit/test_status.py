@@ -1,0 +1,71 @@
+"""The status the mirror writes, built from a PostgreSQL row."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+from kubetask import model, status
+
+T0 = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+
+
+@dataclasses.dataclass
+class Attempt:
+    number: int
+    outcome: str
+    worker_pod: str | None = "pod-a"
+    started_at: datetime.datetime | None = T0
+    finished_at: datetime.datetime | None = T0
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclasses.dataclass
+class Row:
+    state: str
+    attempts: int = 0
+    run_at: datetime.datetime | None = T0
+    worker_pod: str | None = None
+    started_at: datetime.datetime | None = None
+    finished_at: datetime.datetime | None = None
+    created_at: datetime.datetime = T0
+    result: Any = None
+    last_error: dict[str, Any] | None = None
+    history: list[Attempt] = dataclasses.field(default_factory=list)
+
+
+def test_succeeded_after_retries_shows_result_and_every_attempt() -> None:
+    row = Row("succeeded", attempts=3, worker_pod="pod-b", started_at=T0, finished_at=T0, result={"ok": 1},
+              last_error={"type": "ValueError", "message": "boom", "attempt": 2},
+              history=[Attempt(1, "failed", error_type="ValueError", error_message="boom"),
+                       Attempt(2, "failed", error_type="ValueError", error_message="boom"),
+                       Attempt(3, "succeeded", worker_pod="pod-b")])
+    built = status.build(row)
+    assert built["phase"] == "Succeeded"
+    assert built["result"] == {"ok": 1}
+    assert [h["outcome"] for h in built["history"]] == ["failed", "failed", "succeeded"]
+    assert built["history"][0]["error"] == "ValueError: boom"
+    assert built["nextAttemptAt"] is None  # a finished task has no next attempt: the merge patch clears it
+    assert {c["type"]: c["status"] for c in built["conditions"]} == {"Admitted": "True", "Finished": "True"}
+    model.TaskStatus.model_validate(built)  # what we write is what the CRD schema describes
+
+
+def test_retrying_shows_when_the_next_attempt_is_due() -> None:
+    built = status.build(Row("retrying", attempts=1, last_error={"type": "Timeout", "message": "x", "attempt": 1}))
+    assert built["phase"] == "Retrying"
+    assert built["nextAttemptAt"] == "2026-01-02T03:04:05Z"
+    assert built["lastError"] == {"type": "Timeout", "message": "x", "attempt": 1}
+
+
+def test_large_result_and_error_are_capped() -> None:
+    huge = {"data": "x" * (model.MAX_STATUS_RESULT_BYTES + 10)}
+    built = status.build(Row("succeeded", result=huge, last_error={"type": "E", "message": "y" * 10_000}))
+    assert built["result"]["truncated"] is True
+    assert len(built["lastError"]["message"]) == model.MAX_STATUS_ERROR_CHARS
+
+
+def test_history_keeps_the_last_ten() -> None:
+    built = status.build(Row("dead_letter", history=[Attempt(n, "failed") for n in range(1, 16)]))
+    assert [h["number"] for h in built["history"]] == list(range(6, 16))
