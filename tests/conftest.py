@@ -7,6 +7,7 @@ are built on first use (``make binaries``) and cached in ``~/.cache/kubetask``.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 from collections.abc import Iterator
 
@@ -35,8 +36,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres.Pos
 @pytest.fixture
 def namespace(control_plane: controlplane.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards (without waiting for it to finish terminating)."""
-    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
-    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")[:50]
+    readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower().removeprefix("test_"))
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+    name = f"t-{readable[:40].strip('-')}-{digest}"
     control_plane.kubectl("create", "namespace", name)
     control_plane.wait_default_serviceaccount(name)
     try:

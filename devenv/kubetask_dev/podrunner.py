@@ -41,6 +41,9 @@ import kubernetes
 from kubetask_dev import controlplane
 
 SELECTOR = "app.kubernetes.io/part-of=kubetask"
+#: Pods of these components get a process; other kubetask pods (the chart's
+#: bundled PostgreSQL, say) only get their deletion acknowledged.
+RUN_COMPONENTS = {"operator", "worker"}
 EXITED_ANNOTATION = "kubetask.dev/exited"
 DEFAULT_ENTRYPOINT = ["kubetask"]
 
@@ -211,6 +214,8 @@ class Runner:
                 threading.Thread(target=self._terminate_then_drop, args=(pod, entry, key), daemon=True).start()
                 return
             if pod.get("status", {}).get("phase") != "Running":
+                return
+            if (meta.get("labels") or {}).get("app.kubernetes.io/component") not in RUN_COMPONENTS:
                 return
             if entry is None:
                 entry = self.pods[key] = PodProcess(meta["namespace"], meta["name"], meta["uid"])

@@ -75,7 +75,7 @@ def test_custom_resource_is_created_listed_and_status_patched(control_plane: con
 
 
 def _sleeper(namespace: str, replicas: int) -> dict[str, object]:
-    labels = {"app": "sleeper", "app.kubernetes.io/part-of": "kubetask"}
+    labels = {"app": "sleeper", "app.kubernetes.io/part-of": "kubetask", "app.kubernetes.io/component": "worker"}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "sleeper", "namespace": namespace, "labels": labels},

@@ -1,0 +1,160 @@
+"""kubetask end to end: the operator and worker pods on the real control plane.
+
+One stack per session: the CRD, a ``kubetask-system`` namespace with the
+database Secret and the ``default`` worker pool, and the operator as a real
+``kubetask operator`` process. Tests create their Tasks in their own
+namespace, and a test that needs a pool to itself creates one for its own
+queue, so tests do not see each other's work.
+
+Leases and intervals are short here so rescue and scale-in happen within
+seconds; the behaviour is the same as with the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import psycopg.rows
+import pytest
+from kubetask_dev import controlplane, devstack, postgres
+
+FAST_WORKER_ENV = {
+    "KUBETASK_LEASE_SECONDS": "3",
+    "KUBETASK_HEARTBEAT_INTERVAL_SECONDS": "1",
+    "KUBETASK_POLL_INTERVAL_SECONDS": "1",
+}
+FAST_OPERATOR_ENV = {
+    "KUBETASK_RESCUE_INTERVAL_SECONDS": "1",
+    "KUBETASK_CLEANER_INTERVAL_SECONDS": "1",
+    "KUBETASK_ORPHAN_SWEEP_SECONDS": "5",
+}
+
+
+@dataclasses.dataclass
+class Stack:
+    plane: controlplane.ControlPlane
+    dsn: str
+    log_dir: pathlib.Path
+    operator: subprocess.Popen[bytes] | None = None
+
+    # -- operator ---------------------------------------------------------------------
+
+    def start_operator(self) -> None:
+        self.operator = devstack.DevStack.start_operator(self.plane, self.dsn, self.log_dir, FAST_OPERATOR_ENV)
+
+    def stop_operator(self, kill: bool = False) -> None:
+        if self.operator is None:
+            return
+        if kill:
+            self.operator.kill()
+            self.operator.wait()
+        else:
+            devstack.stop_process(self.operator)
+        self.operator = None
+
+    def operator_log(self) -> str:
+        return (self.log_dir / "operator.log").read_text(errors="replace")
+
+    # -- pools --------------------------------------------------------------------------
+
+    def add_pool(self, queue: str, **options: Any) -> None:
+        manifest = devstack.worker_deployment(queue, extra_env=FAST_WORKER_ENV, **options)
+        self.plane.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def remove_pool(self, queue: str) -> None:
+        self.plane.kubectl("delete", "deployment", f"kubetask-worker-{queue}", "-n", devstack.NAMESPACE,
+                           "--wait=false", check=False)
+
+    def replicas(self, queue: str) -> int:
+        out = self.plane.kubectl("get", "deployment", f"kubetask-worker-{queue}", "-n", devstack.NAMESPACE,
+                                 "-o", "jsonpath={.spec.replicas}").stdout
+        return int(out or 0)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def apply(self, *manifests: dict[str, Any]) -> None:
+        body = {"apiVersion": "v1", "kind": "List", "items": list(manifests)}
+        self.plane.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return json.loads(self.plane.kubectl("get", "task", name, "-n", namespace, "-o", "json").stdout)
+
+    def tasks(self, namespace: str) -> list[dict[str, Any]]:
+        return json.loads(self.plane.kubectl("get", "tasks", "-n", namespace, "-o", "json").stdout)["items"]
+
+    def wait_phase(self, namespace: str, name: str, phases: str | tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+        wanted = (phases,) if isinstance(phases, str) else phases
+
+        def check() -> dict[str, Any] | None:
+            task = self.get(namespace, name)
+            return task if (task.get("status") or {}).get("phase") in wanted else None
+
+        try:
+            return devstack.wait_for(check, timeout, f"Task {namespace}/{name} to reach {wanted}", interval=0.2)
+        except TimeoutError:
+            print(self.operator_log()[-5000:])
+            raise
+
+    def wait_all(self, namespace: str, phases: tuple[str, ...], count: int, timeout: float = 120) -> list[dict[str, Any]]:
+        def check() -> list[dict[str, Any]] | None:
+            items = self.tasks(namespace)
+            done = [t for t in items if (t.get("status") or {}).get("phase") in phases]
+            return items if len(items) == count and len(done) == count else None
+
+        return devstack.wait_for(check, timeout, f"{count} Tasks in {namespace} to reach {phases}", interval=0.5)
+
+    # -- PostgreSQL --------------------------------------------------------------------
+
+    def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        with psycopg.connect(self.dsn, row_factory=psycopg.rows.dict_row) as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    def attempts(self, uid: str) -> list[dict[str, Any]]:
+        return self.sql(
+            "SELECT a.* FROM kubetask_attempts a JOIN kubetask_tasks t ON t.id = a.task_id"
+            " WHERE t.uid = %s ORDER BY a.number", uid)
+
+
+def task(namespace: str, type_: str, name: str | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetask.io/v1alpha1", "kind": "Task",
+        "metadata": {"name": name or f"{type_}-{uuid.uuid4().hex[:6]}", "namespace": namespace},
+        "spec": {"type": type_, **spec},
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(control_plane: controlplane.ControlPlane, pg_server: postgres.PostgresServer,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE kubetask_e2e")
+    dsn = pg_server.dsn("kubetask_e2e")
+    devstack.DevStack.install(control_plane, dsn)
+    result = Stack(control_plane, dsn, tmp_path_factory.mktemp("operator"))
+    result.add_pool("default", max_replicas=3, scale_down_delay=3)
+    result.start_operator()
+    try:
+        yield result
+    finally:
+        result.stop_operator()
+        result.remove_pool("default")
+
+
+@pytest.fixture
+def e2e(stack: Stack) -> Iterator[Stack]:
+    """The stack, with its operator (re)started if a previous test stopped it."""
+    if stack.operator is None or stack.operator.poll() is not None:
+        stack.start_operator()
+    started = time.monotonic()
+    yield stack
+    if stack.operator is not None and stack.operator.poll() is not None:
+        pytest.fail(f"the operator died during the test ({time.monotonic() - started:.0f}s):\n"
+                    + stack.operator_log()[-4000:])

@@ -1,0 +1,65 @@
+"""Task lifecycle beyond running: cancel on delete, TTL, spec immutability, operator restarts."""
+
+from __future__ import annotations
+
+import json
+
+from kubetask_dev import devstack
+
+from tests.e2e.conftest import Stack, task
+
+
+def test_deleting_a_running_task_cancels_it_and_keeps_history(e2e: Stack, namespace: str) -> None:
+    e2e.apply(task(namespace, "sleep", "doomed", payload={"seconds": 30}))
+    uid = e2e.wait_phase(namespace, "doomed", "Running")["metadata"]["uid"]
+    e2e.plane.kubectl("delete", "task", "doomed", "-n", namespace)
+    row = devstack.wait_for(
+        lambda: (lambda r: r[0] if r and r[0]["state"] == "cancelled" else None)(
+            e2e.sql("SELECT state FROM kubetask_tasks WHERE uid = %s", uid)),
+        20, "the task to be cancelled in PostgreSQL")
+    assert row["state"] == "cancelled"
+    devstack.wait_for(lambda: e2e.attempts(uid)[-1]["outcome"] == "cancelled", 20, "the running attempt to stop")
+
+
+def test_ttl_deletes_the_finished_task_but_not_its_history(e2e: Stack, namespace: str) -> None:
+    e2e.apply(task(namespace, "echo", "short-lived", ttlSecondsAfterFinished=1))
+    uid = e2e.wait_phase(namespace, "short-lived", "Succeeded")["metadata"]["uid"]
+    devstack.wait_for(
+        lambda: e2e.plane.kubectl("get", "task", "short-lived", "-n", namespace, check=False).returncode != 0,
+        20, "the Task object to be deleted")
+    assert [a["outcome"] for a in e2e.attempts(uid)] == ["succeeded"]
+    assert e2e.sql("SELECT state FROM kubetask_tasks WHERE uid = %s", uid)[0]["state"] == "succeeded"
+
+
+def test_spec_edits_after_creation_are_refused(e2e: Stack, namespace: str) -> None:
+    e2e.apply(task(namespace, "echo", "fixed"))
+    result = e2e.plane.kubectl("patch", "task", "fixed", "-n", namespace, "--type=merge",
+                               "-p", json.dumps({"spec": {"priority": 9}}), check=False)
+    assert result.returncode != 0
+    assert "spec is immutable" in result.stderr
+
+
+def test_oversized_payload_is_refused_visibly(e2e: Stack, namespace: str) -> None:
+    e2e.apply(task(namespace, "echo", "huge", payload={"blob": "x" * 70_000}))
+    status = e2e.wait_phase(namespace, "huge", "DeadLetter")["status"]
+    assert status["attempts"] == 0
+    assert "spec.payload" in status["lastError"]["message"]
+    admitted = {c["type"]: c for c in status["conditions"]}["Admitted"]
+    assert admitted["status"] == "False"
+
+
+def test_operator_killed_during_a_burst_loses_nothing(e2e: Stack, namespace: str) -> None:
+    e2e.apply(*[task(namespace, "echo", f"b{i:03d}", payload={"i": i}) for i in range(50)])
+    e2e.stop_operator(kill=True)
+    e2e.apply(*[task(namespace, "echo", f"c{i:03d}", payload={"i": i}) for i in range(50)])
+    e2e.start_operator()
+    items = e2e.wait_all(namespace, ("Succeeded",), 100, timeout=120)
+    uids = [t["metadata"]["uid"] for t in items]
+    rows = e2e.sql("SELECT uid::text AS uid, state, attempts FROM kubetask_tasks WHERE uid = ANY(%s::uuid[])", uids)
+    assert len(rows) == 100, "every Task admitted exactly once"
+    by_uid = {r["uid"]: r for r in rows}
+    for item in items:
+        row = by_uid[item["metadata"]["uid"]]
+        assert row["state"] == "succeeded"
+        assert item["status"]["attempts"] == row["attempts"] == 1
+        assert item["status"]["result"] == item["spec"]["payload"]

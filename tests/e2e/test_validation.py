@@ -1,0 +1,72 @@
+"""Bad Task manifests are refused by the API server at `kubectl apply`, naming the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from kubetask_dev import controlplane
+
+from tests.e2e.conftest import Stack
+
+BASE: dict[str, Any] = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task",
+                        "metadata": {"name": "bad"}, "spec": {"type": "echo"}}
+
+
+def _with(**spec: Any) -> dict[str, Any]:
+    manifest = copy.deepcopy(BASE)
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def _without_type() -> dict[str, Any]:
+    manifest = copy.deepcopy(BASE)
+    manifest["spec"] = {"payload": {}}
+    return manifest
+
+
+CASES = [
+    ("missing type", _without_type(), "spec.type: Required value"),
+    ("empty type", _with(type=""), "spec.type"),
+    ("overlong type", _with(type="x" * 300), "spec.type"),
+    ("type with spaces", _with(type="send email"), "spec.type"),
+    ("negative retries", _with(maxRetries=-1), "spec.maxRetries"),
+    ("huge retries", _with(maxRetries=10_000), "spec.maxRetries"),
+    ("retries as string", _with(maxRetries="three"), "spec.maxRetries"),
+    ("priority out of range", _with(priority=5000), "spec.priority"),
+    ("payload not an object", _with(payload=[1, 2]), "spec.payload"),
+    ("payload a string", _with(payload="hello"), "spec.payload"),
+    ("unknown field", _with(retries=3), 'unknown field "spec.retries"'),
+    ("backoff factor below 1", _with(backoff={"factor": 0.5}), "spec.backoff.factor"),
+    ("backoff negative", _with(backoff={"initialSeconds": -1}), "spec.backoff.initialSeconds"),
+    ("backoff jitter above 1", _with(backoff={"jitter": 2}), "spec.backoff.jitter"),
+    ("backoff unknown field", _with(backoff={"base": 2}), 'unknown field "spec.backoff.base"'),
+    ("runAt not RFC 3339", _with(runAt="tomorrow"), "spec.runAt"),
+    ("runAt and delaySeconds", _with(runAt="2030-01-01T00:00:00Z", delaySeconds=5), "spec.runAt and spec.delaySeconds are exclusive"),
+    ("negative delay", _with(delaySeconds=-5), "spec.delaySeconds"),
+    ("zero timeout", _with(timeoutSeconds=0), "spec.timeoutSeconds"),
+    ("queue not a DNS label", _with(queue="Emails_Q"), "spec.queue"),
+    ("negative ttl", _with(ttlSecondsAfterFinished=-1), "spec.ttlSecondsAfterFinished"),
+]
+
+
+@pytest.mark.parametrize(("manifest", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_manifest_is_refused_naming_the_field(e2e: Stack, namespace: str, manifest: dict[str, Any],
+                                                  message: str) -> None:
+    body = copy.deepcopy(manifest)
+    body["metadata"]["namespace"] = namespace
+    result = e2e.plane.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert result.returncode != 0, f"accepted: {body}"
+    assert message in result.stderr, result.stderr
+    assert e2e.plane.kubectl("get", "task", "bad", "-n", namespace, check=False).returncode != 0
+
+
+def test_a_good_manifest_gets_the_defaults(control_plane: controlplane.ControlPlane, e2e: Stack, namespace: str) -> None:
+    body = copy.deepcopy(BASE)
+    body["metadata"]["namespace"] = namespace
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(body))
+    spec = json.loads(control_plane.kubectl("get", "task", "bad", "-n", namespace, "-o", "json").stdout)["spec"]
+    assert spec["queue"] == "default" and spec["maxRetries"] == 3 and spec["priority"] == 0
