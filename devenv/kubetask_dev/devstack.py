@@ -93,7 +93,7 @@ class DevStack:
         proc = subprocess.Popen(
             [str(kubetask), "operator"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "KUBECONFIG": str(plane.kubeconfig), "DATABASE_URL": dsn,
-                 "KUBETASK_STANDALONE": "true", **(env or {})},
+                 **(env or {})},
             start_new_session=True,
         )
         log.close()

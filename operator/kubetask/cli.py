@@ -36,12 +36,11 @@ def _operator(args: argparse.Namespace) -> int:
         return 2
     del controller  # imported for its kopf handlers
     namespaces = config.namespaces
+    # Standalone: replicas elect their leader through PostgreSQL (see controller), not kopf peering.
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
-        standalone=config.standalone,
-        peering_name=None if config.standalone else config.peering_name,
-        priority=config.priority,
+        standalone=True,
         liveness_endpoint=config.liveness_endpoint,
     )
     return 0

@@ -18,6 +18,14 @@ rescuer   expired leases → lost attempt → retry or dead letter.
 cleaner   ``ttlSecondsAfterFinished`` deletions, and cancelling rows whose
           Task was deleted while the operator was down.
 
+Replicas: every replica watches and admits (admission, cancellation and
+retries are idempotent in SQL), but only the leader runs mirror, scaler,
+rescuer and cleaner. The leader is whoever holds a session-level PostgreSQL
+advisory lock; when it dies its session ends, the lock is released, and a
+standby takes over within ``leader_poll_seconds``. No kopf peering objects or
+extra RBAC are needed, and a leader cut off from PostgreSQL stops leading
+as soon as it notices (its loops could not do anything useful anyway).
+
 Because PostgreSQL rows carry the facts and NOTIFY only wakes readers, a
 restart loses nothing: the loops resume from the rows.
 """
@@ -65,6 +73,7 @@ class Runtime:
     scale_wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     pools: dict[tuple[str, str], Pool] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    leading: bool = False
     seen_uids: set[str] = dataclasses.field(default_factory=set)
     admitted_events: int = 0
 
@@ -87,13 +96,15 @@ async def _forever(name: str, body: Callable[[psycopg.AsyncConnection[Any]], Awa
     rt = _runtime()
     delay = 0.2
     while True:
+        started = time.monotonic()
         try:
             async with await _connect(rt.config.database.url) as conn:
-                delay = 0.2
                 await body(conn)
         except asyncio.CancelledError:
             raise
         except Exception as err:
+            if time.monotonic() - started > 30:
+                delay = 0.2  # it ran well for a while: this is a new problem, not the same one again
             log.warning("%s: %s: %s; retrying in %.1fs", name, type(err).__name__, err, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -127,12 +138,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt.tasks = [
         asyncio.create_task(_forever("listener", _listen), name="kubetask-listener"),
         asyncio.create_task(_forever("admitter", _admitter), name="kubetask-admitter"),
-        asyncio.create_task(_forever("mirror", _mirror), name="kubetask-mirror"),
-        asyncio.create_task(_forever("scaler", _scaler), name="kubetask-scaler"),
-        asyncio.create_task(_forever("rescuer", _rescuer), name="kubetask-rescuer"),
-        asyncio.create_task(_forever("cleaner", _cleaner), name="kubetask-cleaner"),
+        asyncio.create_task(_forever("leadership", _lead), name="kubetask-leadership"),
     ]
-    log.info("kubetask operator started")
+    log.info("kubetask operator started; waiting for leadership")
 
 
 @kopf.on.cleanup()
@@ -156,7 +164,7 @@ def settings_from_env() -> settings.OperatorSettings:
 
 
 @kopf.on.event(model.GROUP, model.VERSION, model.PLURAL)
-async def task_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+async def task_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     rt = _runtime()
     raw = dict(body)
     meta = raw.get("metadata", {})
@@ -180,7 +188,7 @@ async def task_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={kube.POOL_LABEL: kopf.PRESENT})
-async def pool_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+async def pool_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     rt = _runtime()
     meta = body.get("metadata", {})
     key = (meta["namespace"], meta["name"])
@@ -226,6 +234,30 @@ async def _with_conn(fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]
 
 
 # -- the loops ------------------------------------------------------------------------
+
+
+LEADER_LOOPS: dict[str, Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]] = {}
+
+
+async def _lead(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Hold the leadership lock on ``conn`` and run the leader's loops while it is held."""
+    rt = _runtime()
+    while not await store.try_lead(conn):
+        await asyncio.sleep(rt.config.leader_poll_seconds * (0.8 + 0.4 * random.random()))
+    log.info("leading: mirroring statuses, scaling pools, rescuing leases")
+    loops = [asyncio.create_task(_forever(name, body), name=f"kubetask-{name}") for name, body in LEADER_LOOPS.items()]
+    rt.leading = True
+    try:
+        while True:
+            # The lock lives as long as this session: check that it still does.
+            await asyncio.sleep(rt.config.leader_poll_seconds)
+            await conn.execute("SELECT 1")
+    finally:
+        rt.leading = False
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        log.warning("no longer leading")
 
 
 async def _listen(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -436,8 +468,11 @@ async def _cleaner(conn: psycopg.AsyncConnection[Any]) -> None:
             last_sweep = time.monotonic()
             # Only rows admitted before the list began can be judged by it.
             listed_at = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)
-            live = await rt.kube.task_uids()
+            live = await rt.kube.task_uids(rt.config.namespaces)
             cancelled = await store.cancel_missing(conn, live, admitted_before=listed_at)
             if cancelled:
                 log.info("cancelled %d task(s) whose Task object was deleted while the operator was away", cancelled)
         await asyncio.sleep(rt.config.cleaner_interval_seconds)
+
+
+LEADER_LOOPS.update(mirror=_mirror, scaler=_scaler, rescuer=_rescuer, cleaner=_cleaner)

@@ -16,7 +16,7 @@ import dataclasses
 import datetime
 import functools
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import kubernetes
 
@@ -47,9 +47,9 @@ class Kube:
     def __init__(self, max_concurrency: int = 16) -> None:
         config = kubernetes.client.Configuration()
         try:
-            kubernetes.config.load_incluster_config(client_configuration=config)
+            kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=config)
+            kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
         config.connection_pool_maxsize = max_concurrency
         self.api_client = kubernetes.client.ApiClient(config)
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
@@ -72,7 +72,7 @@ class Kube:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.api_client.close()
+        self.api_client.close()  # type: ignore[no-untyped-call]
 
     # -- Tasks ----------------------------------------------------------------------
 
@@ -93,19 +93,31 @@ class Kube:
             body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
         )
 
-    async def task_uids(self) -> set[str]:
-        """uids of every Task the API server holds (cluster-wide list, one page at a time)."""
+    async def task_uids(self, namespaces: Sequence[str] = ()) -> set[str]:
+        """uids of every Task in ``namespaces`` (all when empty), one page at a time.
+
+        Per namespace when the operator is namespaced: its Roles allow no cluster-wide list.
+        """
         uids: set[str] = set()
-        cont: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": 2000}
-            if cont:
-                kwargs["_continue"] = cont
-            page = await self._call(self.custom.list_cluster_custom_object, model.GROUP, model.VERSION, model.PLURAL, **kwargs)
-            uids.update(item["metadata"]["uid"] for item in page["items"])
-            cont = page["metadata"].get("continue")
-            if not cont:
-                return uids
+        targets: list[str | None] = [*namespaces] if namespaces else [None]
+        for namespace in targets:
+            cont: str | None = None
+            while True:
+                kwargs: dict[str, Any] = {"limit": 2000}
+                if cont:
+                    kwargs["_continue"] = cont
+                if namespace is None:
+                    page = await self._call(self.custom.list_cluster_custom_object,
+                                            model.GROUP, model.VERSION, model.PLURAL, **kwargs)
+                else:
+                    page = await self._call(self.custom.list_namespaced_custom_object,
+                                            model.GROUP, model.VERSION, namespace, model.PLURAL, **kwargs)
+                assert isinstance(page, dict)
+                uids.update(item["metadata"]["uid"] for item in page["items"])
+                cont = page["metadata"].get("continue")
+                if not cont:
+                    break
+        return uids
 
     async def post_event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False) -> None:
         """A core/v1 Event on the Task, as ``kubectl describe task`` shows them."""
@@ -132,12 +144,15 @@ class Kube:
         listing = await self._call(self.core.list_namespaced_pod, namespace, label_selector=label_selector)
         out = []
         for pod in listing.items:
-            raw = (pod.metadata.annotations or {}).get(DELETION_COST)
+            meta = pod.metadata
+            if meta is None or meta.name is None:
+                continue
+            raw = (meta.annotations or {}).get(DELETION_COST)
             try:
                 cost = int(raw) if raw is not None else None
             except ValueError:
                 cost = None
-            out.append(PodInfo(pod.metadata.name, cost, pod.metadata.deletion_timestamp is not None))
+            out.append(PodInfo(meta.name, cost, meta.deletion_timestamp is not None))
         return out
 
     async def set_deletion_cost(self, namespace: str, pod: str, cost: int) -> None:

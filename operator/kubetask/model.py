@@ -219,8 +219,8 @@ class TaskStatus(_Schema):
 class Task(_Schema):
     """A unit of work for kubetask: a handler name and its payload, run by a worker pool with retries."""
 
-    api_version: Literal["kubetask.io/v1alpha1"] = API_VERSION
-    kind: Literal["Task"] = KIND
+    api_version: Literal["kubetask.io/v1alpha1"] = "kubetask.io/v1alpha1"
+    kind: Literal["Task"] = "Task"
     metadata: dict[str, Any] = pydantic.Field(default_factory=dict)
     spec: TaskSpec
     status: TaskStatus | None = None

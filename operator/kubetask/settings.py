@@ -132,15 +132,10 @@ class OperatorSettings(_EnvSettings):
     """Namespaces whose Tasks and worker pools the operator serves, comma-separated
     (``KUBETASK_NAMESPACES``). Default empty: the whole cluster."""
 
-    standalone: bool = False
-    """Run without kopf peering (``KUBETASK_STANDALONE``). Default false: replicas of the operator
-    use peering so only one acts; set true for a single local operator."""
-
-    peering_name: str = "kubetask"
-    """Name of the KopfPeering object that elects the active operator (``KUBETASK_PEERING_NAME``)."""
-
-    priority: int = 0
-    """Peering priority of this replica (``KUBETASK_PRIORITY``); the highest one acts. Default 0."""
+    leader_poll_seconds: float = Field(default=1.0, gt=0)
+    """Seconds between a standby replica's attempts to take leadership, and between the leader's
+    checks that it still holds it (``KUBETASK_LEADER_POLL_SECONDS``). Default 1: a standby takes over
+    about a second after the leader's database session ends."""
 
     liveness_endpoint: str | None = None
     """kopf liveness endpoint, e.g. ``http://0.0.0.0:8080/healthz`` (``KUBETASK_LIVENESS_ENDPOINT``).

@@ -384,6 +384,12 @@ async def migrate(conn: Conn) -> list[str]:
     return applied_now
 
 
+async def try_lead(conn: Conn) -> bool:
+    """Take operator leadership for as long as ``conn`` lives; False while another session holds it."""
+    row = await _one(conn, QUERIES["try_lead"], {})
+    return bool(row[0])
+
+
 # ------------------------------------------------------------------------ queue
 
 async def admit(conn: Conn, tasks: Sequence[NewTask]) -> int:

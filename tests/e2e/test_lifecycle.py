@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 from kubetask_dev import devstack
 
-from tests.e2e.conftest import Stack, task
+from tests.e2e.conftest import FAST_OPERATOR_ENV, Stack, task
 
 
 def test_deleting_a_running_task_cancels_it_and_keeps_history(e2e: Stack, namespace: str) -> None:
@@ -63,3 +64,23 @@ def test_operator_killed_during_a_burst_loses_nothing(e2e: Stack, namespace: str
         assert row["state"] == "succeeded"
         assert item["status"]["attempts"] == row["attempts"] == 1
         assert item["status"]["result"] == item["spec"]["payload"]
+
+
+def test_two_operators_one_leads_and_the_standby_takes_over(e2e: Stack, namespace: str,
+                                                            tmp_path: pathlib.Path) -> None:
+    leader = e2e.operator
+    assert leader is not None
+    standby = devstack.DevStack.start_operator(e2e.plane, e2e.dsn, tmp_path, FAST_OPERATOR_ENV)
+    try:
+        devstack.wait_for(lambda: "waiting for leadership" in (tmp_path / "operator.log").read_text(), 30,
+                          "the standby to start")
+        e2e.apply(task(namespace, "echo", "before"))
+        e2e.wait_phase(namespace, "before", "Succeeded")
+        assert "leading:" not in (tmp_path / "operator.log").read_text(), "two leaders at once"
+
+        e2e.stop_operator(kill=True)
+        e2e.apply(task(namespace, "echo", "after"))
+        e2e.wait_phase(namespace, "after", "Succeeded", timeout=30)
+        assert "leading:" in (tmp_path / "operator.log").read_text()
+    finally:
+        devstack.stop_process(standby)

@@ -12,6 +12,12 @@
 -- Serialises concurrent migrate() calls (two operators starting at once).
 SELECT pg_advisory_xact_lock(7150418245603961601);
 
+-- name: try_lead
+-- Operator leadership: a session-level advisory lock. The replica whose
+-- session holds it mirrors, scales, rescues and cleans; the lock goes with the
+-- session, so a dead leader's lock is released the moment its connection drops.
+SELECT pg_try_advisory_lock(7150418245603961602);
+
 -- name: create_schema_version
 CREATE TABLE IF NOT EXISTS kubetask_schema_version (
     name text PRIMARY KEY,
