@@ -42,14 +42,18 @@ test: binaries
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
 
-## crds: regenerate crds/task.yaml from the pydantic models
+## crds: regenerate crds/task.yaml from the pydantic models (and the chart's copy)
 crds: setup
 	$(PY) -m kubetask.crd crds/task.yaml
+	cp crds/task.yaml charts/kubetask/files/crds/task.yaml
 
 ## lint: strict typing and import layers
 lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+## kind, kind-down: the real thing on kind (needs Docker; see mk/kind.mk)
+include mk/kind.mk
 
 clean: cluster-down
 	rm -rf $(STATE) $(VENV)

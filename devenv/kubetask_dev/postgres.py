@@ -80,9 +80,11 @@ class PostgresServer:
         demote = _demote_kwargs()
         binaries = bin_dir()
         if demote:
-            _make_traversable(data_dir)
+            # The parents, not the data dir: PostgreSQL insists on 0700/0750 there.
+            _make_traversable(data_dir.parent)
             _make_traversable(binaries)
             shutil.chown(data_dir, demote["user"], demote["group"])
+            data_dir.chmod(0o700)
         if not (data_dir / "PG_VERSION").exists():
             subprocess.run(
                 [str(binaries / "initdb"), "-D", str(data_dir), "-U", SUPERUSER, "--auth=trust",

@@ -22,3 +22,18 @@ def test_server_version_is_the_embedded_one(pg_server: postgres.PostgresServer) 
     with psycopg.connect(pg_server.dsn()) as conn:
         row = conn.execute("SHOW server_version_num").fetchone()
     assert row is not None and int(row[0]) >= 180000
+
+
+def test_restart_keeps_data_and_port(tmp_path: object) -> None:
+    import pathlib
+
+    data = pathlib.Path(str(tmp_path)) / "data"
+    server = postgres.PostgresServer.start(data)
+    try:
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (x int)")
+        server.restart()
+        with psycopg.connect(server.dsn()) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone() == (0,)
+    finally:
+        server.stop()
