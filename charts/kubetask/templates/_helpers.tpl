@@ -1,0 +1,154 @@
+{{/*
+Helpers of the kubetask chart. Every name is prefixed `kubetask.` so that a
+parent chart's helpers cannot collide with ours.
+*/}}
+
+{{/* Base name of the release's objects: the release name, with "-kubetask" unless it says so already. */}}
+{{- define "kubetask.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object. `part-of: kubetask` is also what the dev harness selects pods by. */}}
+{{- define "kubetask.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{ include "kubetask.selectorLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "kubetask.selectorLabels" -}}
+app.kubernetes.io/part-of: kubetask
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Selector labels of one component: pass (dict "root" $ "component" "operator"). */}}
+{{- define "kubetask.componentSelectorLabels" -}}
+{{ include "kubetask.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kubetask.operatorName" -}}
+{{- printf "%s-operator" (include "kubetask.fullname" .) -}}
+{{- end -}}
+
+{{- define "kubetask.postgresqlName" -}}
+{{- printf "%s-postgresql" (include "kubetask.fullname" .) -}}
+{{- end -}}
+
+{{/* Deployment name of a pool: pass (dict "root" $ "pool" $pool). */}}
+{{- define "kubetask.poolName" -}}
+{{- printf "%s-worker-%s" (include "kubetask.fullname" .root) .pool.name -}}
+{{- end -}}
+
+{{/* image reference: pass (dict "root" $ "override" $pool.image); the override wins key by key. */}}
+{{- define "kubetask.image" -}}
+{{- $image := mergeOverwrite (deepCopy .root.Values.image) (default (dict) .override) -}}
+{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+
+{{- define "kubetask.imagePullPolicy" -}}
+{{- $image := mergeOverwrite (deepCopy .root.Values.image) (default (dict) .override) -}}
+{{- $image.pullPolicy -}}
+{{- end -}}
+
+{{/*
+The Secret and key that hold DATABASE_URL. Exactly one source must be chosen:
+the user's own Secret, or the bundled PostgreSQL's generated one.
+*/}}
+{{- define "kubetask.databaseSecret" -}}
+{{- if and .Values.database.existingSecret .Values.postgresql.enabled -}}
+{{- fail "database: set either database.existingSecret (your own PostgreSQL) or postgresql.enabled=true (a bundled one, for trying out), not both" -}}
+{{- else if .Values.database.existingSecret -}}
+{{- .Values.database.existingSecret -}}
+{{- else if .Values.postgresql.enabled -}}
+{{- include "kubetask.postgresqlName" . -}}
+{{- else -}}
+{{- fail "database: kubetask needs PostgreSQL. Set database.existingSecret to a Secret holding the connection URL (kubectl create secret generic kubetask-db --from-literal=url=postgresql://USER:PASSWORD@HOST:5432/DB), or postgresql.enabled=true to install a bundled one for trying out" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetask.databaseKey" -}}
+{{- if .Values.postgresql.enabled -}}url{{- else -}}{{ .Values.database.key }}{{- end -}}
+{{- end -}}
+
+{{- define "kubetask.databaseEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kubetask.databaseSecret" . }}
+      key: {{ include "kubetask.databaseKey" . }}
+{{- end -}}
+
+{{/*
+Namespaces the operator serves; empty means the whole cluster. The release
+namespace is always part of a list: the worker pools live there.
+*/}}
+{{- define "kubetask.operatorNamespaces" -}}
+{{- if .Values.operator.namespaces -}}
+{{- uniq (append (deepCopy .Values.operator.namespaces) .Release.Namespace) | join "," -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod-level security context: non-root, fixed uid/gid, RuntimeDefault seccomp. */}}
+{{- define "kubetask.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container security context: the same on every container of the chart. */}}
+{{- define "kubetask.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The CRD metadata the chart adds: its labels, and the keep policy unless crds.keep=false. */}}
+{{- define "kubetask.crdMetadata" -}}
+metadata:
+  labels:
+    {{- include "kubetask.labels" . | nindent 4 }}
+  {{- if .Values.crds.keep }}
+  annotations:
+    helm.sh/resource-policy: keep
+  {{- end }}
+{{- end -}}
+
+{{/* Guards for combinations of values the schema cannot express. Rendered by templates/validate.yaml. */}}
+{{- define "kubetask.validate" -}}
+{{- $_ := include "kubetask.databaseSecret" . -}}
+{{- $seen := dict -}}
+{{- range $index, $pool := .Values.pools -}}
+{{- if hasKey $seen $pool.name -}}
+{{- fail (printf "pools[%d].name=%q is used by another pool: pool names must be unique" $index $pool.name) -}}
+{{- end -}}
+{{- $_ := set $seen $pool.name true -}}
+{{- $min := ternary $pool.minReplicas 0 (hasKey $pool "minReplicas") | int -}}
+{{- $max := ternary $pool.maxReplicas 10 (hasKey $pool "maxReplicas") | int -}}
+{{- if gt $min $max -}}
+{{- fail (printf "pools[%d] (%s): minReplicas=%d is above maxReplicas=%d; lower minReplicas or raise maxReplicas" $index $pool.name $min $max) -}}
+{{- end -}}
+{{- $grace := ternary $pool.terminationGracePeriodSeconds 30 (hasKey $pool "terminationGracePeriodSeconds") | int -}}
+{{- if lt $grace 6 -}}
+{{- fail (printf "pools[%d] (%s): terminationGracePeriodSeconds=%d is too short: workers get 5 s less than the grace period to finish running tasks; use at least 6" $index $pool.name $grace) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

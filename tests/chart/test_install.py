@@ -1,0 +1,112 @@
+"""`helm install` on a real control plane: the operator pod runs `kubetask operator` under the chart's RBAC.
+
+The dev harness backs every Running operator and worker pod with a real
+process (the operator's with a kubeconfig holding its ServiceAccount's token),
+so these tests prove the chart's wiring and its RBAC, not just its YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubetask_dev import controlplane, devstack, postgres
+
+from tests.chart.conftest import Release, install
+
+
+def _can_i(release: Release, *args: str) -> bool:
+    result = release.plane.kubectl("auth", "can-i", f"--as={release.operator_account}", *args, check=False)
+    return result.stdout.strip() == "yes"
+
+
+def test_install_runs_the_operator_and_a_task_succeeds(release_factory: Any) -> None:
+    release: Release = release_factory("--set", "pools[0].minReplicas=1")
+
+    def running() -> dict[str, int] | None:
+        processes = release.processes()
+        components = {pod["metadata"]["name"]: pod["metadata"]["labels"]["app.kubernetes.io/component"]
+                      for pod in release.get("pods")["items"]}
+        kinds = sorted(components.get(name, "?") for name in processes)
+        return processes if kinds == ["operator", "worker"] else None
+
+    devstack.wait_for(running, 60, "an operator process and a worker process (minReplicas=1)", interval=0.5)
+    release.task("hello", "echo", payload={"greeting": "hello from the chart"})
+    task = release.wait_phase("hello", "Succeeded")
+    assert task["status"]["result"] == {"greeting": "hello from the chart"}
+    assert task["status"]["worker"].startswith(release.pool + "-")
+
+
+def test_operator_rbac_works_and_grants_no_secrets(release_factory: Any) -> None:
+    release: Release = release_factory()
+    ns = release.namespace
+    # What the operator needs, in its namespace ...
+    assert _can_i(release, "patch", "tasks.kubetask.io", "--subresource=status", "-n", ns)
+    assert _can_i(release, "patch", "deployments.apps", "--subresource=scale", "-n", ns)
+    assert _can_i(release, "patch", "pods", "-n", ns)
+    assert _can_i(release, "create", "events", "-n", ns)
+    # ... and nothing it does not: no Secrets anywhere, no Tasks outside its namespaces, no deletes of pods.
+    assert not _can_i(release, "get", "secrets", "-n", "default")
+    assert not _can_i(release, "get", "secrets", "-n", ns)
+    assert not _can_i(release, "list", "secrets", "--all-namespaces")
+    assert not _can_i(release, "list", "tasks.kubetask.io", "-n", "default")
+    assert not _can_i(release, "delete", "pods", "-n", ns)
+    # The real token is refused too, not only the impersonation.
+    code, body = release.plane.request(
+        f"/api/v1/namespaces/{ns}/serviceaccounts/{release.name}-kubetask-operator/token", method="POST",
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}})
+    assert code == 201, body
+    code, body = release.plane.request("/api/v1/namespaces/default/secrets", token=body["status"]["token"])
+    assert code == 403, body
+
+
+def test_upgrade_changes_the_pool_policy_and_the_operator_obeys(release_factory: Any) -> None:
+    release: Release = release_factory("--set", "pools[0].maxReplicas=1", "--set", "pools[0].concurrency=1",
+                                       "--set", "pools[0].scaleDownDelaySeconds=60")
+    for index in range(3):
+        release.task(f"slow-{index}", "sleep", payload={"seconds": 30})
+    devstack.wait_for(lambda: release.replicas() == 1, 30, f"{release.pool} scaled to its max of 1")
+    assert release.replicas() == 1
+
+    release.upgrade("--set", "pools[0].maxReplicas=3")
+    annotations = release.get("deployment", release.pool)["metadata"]["annotations"]
+    assert annotations["kubetask.io/max-replicas"] == "3"
+    try:
+        devstack.wait_for(lambda: release.replicas() == 3, 30, f"{release.pool} scaled to the new max of 3")
+    except TimeoutError:
+        print(release.pod_log("operator"))
+        raise
+    # The upgrade carried the operator's replica count; a second one must not reset it either.
+    release.upgrade("--set", "pools[0].maxReplicas=3")
+    assert release.replicas() == 3
+
+
+@pytest.fixture
+def own_plane(tmp_path: pathlib.Path) -> Iterator[controlplane.ControlPlane]:
+    """A control plane with no CRDs yet, so the release installs (and owns) them."""
+    plane = controlplane.ControlPlane.start(tmp_path / "cluster")
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+def test_uninstall_keeps_the_crds_and_the_tasks(own_plane: controlplane.ControlPlane,
+                                                pg_server: postgres.PostgresServer) -> None:
+    own_plane.kubectl("create", "namespace", "kubetask")
+    own_plane.wait_default_serviceaccount("kubetask")
+    release = install(own_plane, pg_server, "kubetask", crds=True)
+    owner = json.loads(own_plane.kubectl("get", "crd", "tasks.kubetask.io", "-o", "json").stdout)
+    assert owner["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.name
+    release.task("kept", "echo")
+    release.wait_phase("kept", "Succeeded")
+
+    release.helm("uninstall", release.name, "--wait", "--timeout", "60s")
+    crds = own_plane.kubectl("get", "crd", "-o", "name").stdout.split()
+    assert "customresourcedefinition.apiextensions.k8s.io/tasks.kubetask.io" in crds
+    assert not [crd for crd in crds if crd.endswith(".kopf.dev")], "the chart installs no kopf CRDs"
+    assert release.get("task", "kept")["status"]["phase"] == "Succeeded"
+    assert release.get("deployments")["items"] == [], "everything but the CRDs is gone"

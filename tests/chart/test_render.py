@@ -1,0 +1,339 @@
+"""The chart renders what the operator, the workers and the dev harness expect, and refuses bad values."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, DB, helm, of_kind, pod_specs, render, render_error
+from tests.conftest import ROOT
+
+BUNDLED = ("--set", "postgresql.enabled=true")
+#: `--set pools[0].x=…` replaces the whole list (Helm merges maps, not lists): name the pool too.
+POOL = ("--set", "pools[0].name=default")
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def _workers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [obj for obj in of_kind(objects, "Deployment")
+            if obj["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"]
+
+
+def _operator(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (operator,) = [obj for obj in of_kind(objects, "Deployment")
+                   if obj["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"]
+    return operator
+
+
+# -- lint and the values schema --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [(), DB, BUNDLED], ids=["defaults", "existing-secret", "bundled-postgresql"])
+def test_helm_lint_strict_passes(values: tuple[str, ...]) -> None:
+    helm("lint", "--strict", str(CHART), *values)
+
+
+def test_renders_with_the_defaults_plus_a_database() -> None:
+    """The defaults need one value (where the database URL lives); with it, everything renders."""
+    kinds = sorted({obj["kind"] for obj in render(*DB)})
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "ServiceAccount"]
+
+
+@pytest.mark.parametrize(("setting", "key"), [
+    ("pools[0].maxReplica=3", "maxReplica"),
+    ("operatorr.replicas=1", "operatorr"),
+    ("operator.replica=2", "replica"),
+    ("database.existingSecrett=x", "existingSecrett"),
+])
+def test_a_misspelt_key_fails_naming_it(setting: str, key: str) -> None:
+    error = render_error(*DB, *POOL, "--set", setting)
+    assert "schema" in error and f"'{key}'" in error, error
+
+
+def test_a_value_of_the_wrong_type_fails_naming_the_key() -> None:
+    error = render_error(*DB, *POOL, "--set", "pools[0].maxReplicas=many")
+    assert "maxReplicas" in error, error
+
+
+def test_neither_database_option_fails_saying_what_to_set() -> None:
+    error = render_error()
+    assert "database.existingSecret" in error and "postgresql.enabled=true" in error, error
+
+
+def test_both_database_options_fail() -> None:
+    error = render_error(*DB, *BUNDLED)
+    assert "not both" in error, error
+
+
+def test_min_above_max_fails_naming_the_pool() -> None:
+    error = render_error(*DB, *POOL, "--set", "pools[0].minReplicas=5", "--set", "pools[0].maxReplicas=2")
+    assert "pools[0] (default): minReplicas=5 is above maxReplicas=2" in error, error
+
+
+def test_a_grace_period_too_short_for_the_shutdown_timeout_fails() -> None:
+    error = render_error(*DB, *POOL, "--set", "pools[0].terminationGracePeriodSeconds=5")
+    assert "terminationGracePeriodSeconds" in error, error
+
+
+def test_duplicate_pool_names_fail() -> None:
+    error = render_error(*DB, *POOL, "--set", "pools[1].name=default")
+    assert "must be unique" in error, error
+
+
+@pytest.mark.parametrize("setting", ["operator.peering.enabled=true", "crds.kopfPeering=true"])
+def test_the_removed_peering_values_are_refused(setting: str) -> None:
+    """kopf peering is gone: its old values fail loudly rather than being ignored."""
+    error = render_error(*DB, "--set", setting)
+    assert "schema" in error and "additional properties" in error.lower(), error
+
+
+# -- CRDs ------------------------------------------------------------------------------------
+
+
+def test_the_charts_crd_copy_equals_the_generated_crd() -> None:
+    copy = (CHART / "files" / "crds" / "task.yaml").read_bytes()
+    assert copy == (ROOT / "crds" / "task.yaml").read_bytes(), (
+        "charts/kubetask/files/crds/task.yaml differs from crds/task.yaml: "
+        "run `cp crds/task.yaml charts/kubetask/files/crds/task.yaml`")
+
+
+def test_the_rendered_task_crd_is_the_generated_one_plus_labels_and_keep() -> None:
+    (rendered,) = [crd for crd in of_kind(render(*DB), "CustomResourceDefinition")
+                   if crd["metadata"]["name"] == "tasks.kubetask.io"]
+    generated = yaml.safe_load((ROOT / "crds" / "task.yaml").read_text())
+    assert rendered["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert rendered["metadata"].pop("labels")["app.kubernetes.io/part-of"] == "kubetask"
+    assert rendered == generated
+
+
+def test_the_task_crd_is_the_only_crd_and_can_be_left_out_or_not_kept() -> None:
+    names = [crd["metadata"]["name"] for crd in of_kind(render(*DB), "CustomResourceDefinition")]
+    assert names == ["tasks.kubetask.io"]
+    unkept = of_kind(render(*DB, "--set", "crds.keep=false"), "CustomResourceDefinition")
+    assert unkept and all("annotations" not in crd["metadata"] for crd in unkept)
+    assert of_kind(render(*DB, "--set", "crds.install=false"), "CustomResourceDefinition") == []
+
+
+# -- pods --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [DB, BUNDLED], ids=["existing-secret", "bundled-postgresql"])
+def test_every_container_runs_locked_down(values: tuple[str, ...]) -> None:
+    specs = pod_specs(render(*values, *POOL, "--set", "pools[1].name=second"))
+    assert len(specs) == (4 if values == BUNDLED else 3)
+    for workload, spec in specs.items():
+        assert spec["securityContext"]["runAsNonRoot"] is True, workload
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, workload
+        tmp_volumes = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["runAsNonRoot"] is True, workload
+            assert context["runAsUser"] == 65532, workload
+            assert context["readOnlyRootFilesystem"] is True, workload
+            assert context["allowPrivilegeEscalation"] is False, workload
+            assert context["capabilities"] == {"drop": ["ALL"]}, workload
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, workload
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts.get("/tmp") in tmp_volumes, f"{workload}: /tmp is not an emptyDir"
+
+
+def test_worker_pods_have_no_kubernetes_credentials() -> None:
+    workers = _workers(render(*DB, *POOL, "--set", "pools[1].name=second"))
+    assert len(workers) == 2
+    for worker in workers:
+        spec = worker["spec"]["template"]["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        assert "serviceAccountName" not in spec and "serviceAccount" not in spec
+
+
+def test_worker_pool_labels_annotations_and_environment() -> None:
+    objects = render(*DB, *POOL, "--set", "pools[0].queue=mail", "--set", "pools[0].minReplicas=1",
+                     "--set", "pools[0].maxReplicas=7", "--set", "pools[0].concurrency=2",
+                     "--set", "pools[0].scaleDownDelaySeconds=45", "--set", "pools[0].terminationGracePeriodSeconds=60",
+                     "--set", "pools[0].handlers={myapp.tasks,myapp.more}", release="prod")
+    (worker,) = _workers(objects)
+    labels = {"app.kubernetes.io/part-of": "kubetask", "app.kubernetes.io/component": "worker",
+              "app.kubernetes.io/instance": "prod", "kubetask.io/pool": "default"}
+    assert worker["metadata"]["name"] == "prod-kubetask-worker-default"
+    assert labels.items() <= worker["metadata"]["labels"].items()
+    assert labels.items() <= worker["spec"]["template"]["metadata"]["labels"].items()
+    assert worker["spec"]["selector"]["matchLabels"] == labels
+    assert worker["metadata"]["annotations"] == {
+        "kubetask.io/queue": "mail", "kubetask.io/min-replicas": "1", "kubetask.io/max-replicas": "7",
+        "kubetask.io/concurrency": "2", "kubetask.io/scale-down-delay-seconds": "45"}
+    assert worker["spec"]["replicas"] == 1, "a new pool starts at its minimum"
+    spec = worker["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 60
+    (container,) = spec["containers"]
+    assert container["command"] == ["kubetask", "worker"]
+    env = _env(container)
+    assert env["DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "kubetask-db", "key": "url"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["KUBETASK_QUEUE"]["value"] == "mail"
+    assert env["KUBETASK_CONCURRENCY"]["value"] == "2"
+    assert env["KUBETASK_HANDLERS"]["value"] == "myapp.tasks,myapp.more"
+    assert env["KUBETASK_SHUTDOWN_TIMEOUT_SECONDS"]["value"] == "55"
+
+
+def test_a_pool_can_use_its_own_image() -> None:
+    objects = render(*DB, *POOL, "--set", "pools[0].image.repository=registry.example.com/myapp",
+                     "--set", "pools[0].image.tag=1.2.3", "--set", "pools[1].name=plain")
+    images = {w["metadata"]["labels"]["kubetask.io/pool"]: w["spec"]["template"]["spec"]["containers"][0]["image"]
+              for w in _workers(objects)}
+    assert images == {"default": "registry.example.com/myapp:1.2.3", "plain": "kubetask:0.1.0"}
+
+
+#: Environment the operator no longer reads: it always runs kopf standalone and elects its leader itself.
+_PEERING_ENV = {"KUBETASK_STANDALONE", "KUBETASK_PEERING_NAME", "KUBETASK_PRIORITY", "POD_ID"}
+
+
+def test_operator_environment() -> None:
+    operator = _operator(render(*DB))
+    assert operator["spec"]["replicas"] == 1
+    labels = operator["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "kubetask" and labels["app.kubernetes.io/component"] == "operator"
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["kubetask", "operator"]
+    env = _env(container)
+    assert not _PEERING_ENV & set(env), sorted(_PEERING_ENV & set(env))
+    assert "KUBETASK_NAMESPACES" not in env
+    assert env["KUBETASK_LIVENESS_ENDPOINT"]["value"] == "http://0.0.0.0:8080/healthz"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    # Leader election makes overlapping pods safe: the new pod stands by until the old one is gone.
+    assert operator["spec"]["strategy"] == {"type": "RollingUpdate",
+                                            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+@pytest.mark.parametrize("namespaces", [(), ("--set", "operator.namespaces={team-a,team-b}")],
+                         ids=["cluster-wide", "namespaced"])
+def test_two_operators_render_with_no_peering_objects_or_rbac(namespaces: tuple[str, ...]) -> None:
+    """A hot standby is just `operator.replicas=2`: the replicas elect a leader in PostgreSQL."""
+    objects = render(*DB, "--set", "operator.replicas=2", *namespaces, namespace="kt")
+    operator = _operator(objects)
+    assert operator["spec"]["replicas"] == 2
+    env = _env(operator["spec"]["template"]["spec"]["containers"][0])
+    assert not _PEERING_ENV & set(env), sorted(_PEERING_ENV & set(env))
+    if namespaces:
+        assert env["KUBETASK_NAMESPACES"]["value"] == "team-a,team-b,kt", "the release namespace (the pools') is added"
+    assert not [obj for obj in objects if obj["apiVersion"].startswith("kopf.dev/")]
+    assert not [obj for obj in objects if "peering" in json.dumps(obj).lower()]
+    crds = [crd["metadata"]["name"] for crd in of_kind(objects, "CustomResourceDefinition")]
+    assert crds == ["tasks.kubetask.io"]
+    for role in of_kind(objects, "ClusterRole") + of_kind(objects, "Role"):
+        groups = {group for rule in role["rules"] for group in rule["apiGroups"]}
+        assert "kopf.dev" not in groups, role["metadata"]["name"]
+    assert _kinds(objects) == _kinds(render(*DB, *namespaces, namespace="kt")), "no objects beyond a single operator's"
+
+
+# -- RBAC --------------------------------------------------------------------------------------
+
+
+def _kinds(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((obj["kind"], obj["metadata"]["name"]) for obj in objects)
+
+
+def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    return {(group, resource): set(rule["verbs"])
+            for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+
+
+def test_cluster_wide_operator_rbac_is_least_privilege() -> None:
+    objects = render(*DB)
+    (role,) = of_kind(objects, "ClusterRole")
+    assert of_kind(objects, "Role") == []
+    assert _rules(role) == {
+        ("kubetask.io", "tasks"): {"get", "list", "watch", "patch", "delete"},
+        ("kubetask.io", "tasks/status"): {"patch", "update"},
+        ("", "events"): {"create", "patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+        ("apps", "deployments"): {"get", "list", "watch"},
+        ("apps", "deployments/scale"): {"get", "patch", "update"},
+        ("", "pods"): {"get", "list", "patch"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    }
+    (binding,) = of_kind(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetask-operator",
+                                    "namespace": "kubetask-system"}]
+
+
+def test_namespaced_operator_gets_a_role_per_namespace() -> None:
+    objects = render(*DB, "--set", "operator.namespaces={team-a}", namespace="kt")
+    roles = {role["metadata"]["namespace"]: role for role in of_kind(objects, "Role")}
+    assert sorted(roles) == ["kt", "team-a"]
+    for role in roles.values():
+        assert _rules(role) == {
+            ("kubetask.io", "tasks"): {"get", "list", "watch", "patch", "delete"},
+            ("kubetask.io", "tasks/status"): {"patch", "update"},
+            ("", "events"): {"create", "patch"},
+            ("events.k8s.io", "events"): {"create", "patch"},
+            ("apps", "deployments"): {"get", "list", "watch"},
+            ("apps", "deployments/scale"): {"get", "patch", "update"},
+            ("", "pods"): {"get", "list", "patch"},
+        }
+    (cluster_role,) = of_kind(objects, "ClusterRole")
+    assert set(_rules(cluster_role)) == {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    assert all(verbs <= {"get", "list", "watch"} for verbs in _rules(cluster_role).values())
+
+
+@pytest.mark.parametrize("values", [DB, ("--set", "operator.namespaces={a}", *DB), BUNDLED])
+def test_no_role_grants_anything_on_secrets(values: tuple[str, ...]) -> None:
+    for role in of_kind(render(*values), "ClusterRole") + of_kind(render(*values), "Role"):
+        for rule in role["rules"]:
+            assert "secrets" not in rule["resources"] and "*" not in rule["resources"], role["metadata"]["name"]
+            assert "*" not in rule["verbs"], role["metadata"]["name"]
+
+
+# -- the database URL --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [DB, BUNDLED], ids=["existing-secret", "bundled-postgresql"])
+def test_the_database_url_is_only_ever_read_from_a_secret(values: tuple[str, ...]) -> None:
+    objects = render(*values)
+    assert of_kind(objects, "ConfigMap") == []
+    for workload, spec in pod_specs(objects).items():
+        for container in spec["containers"]:
+            for item in container.get("env", []):
+                assert not re.search(r"postgres(ql)?://", item.get("value", "")), (workload, item["name"])
+                if item["name"] == "DATABASE_URL":
+                    assert "secretKeyRef" in item["valueFrom"], workload
+    for obj in objects:
+        if obj["kind"] != "Secret":
+            assert "postgresql://" not in json.dumps(obj), f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_bundled_postgresql() -> None:
+    objects = render(*BUNDLED)
+    (secret,) = of_kind(objects, "Secret")
+    assert secret["metadata"]["name"] == "kubetask-postgresql"
+    assert set(secret["data"]) == {"password", "url"}
+    (statefulset,) = of_kind(objects, "StatefulSet")
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "database", "the dev harness must not run it as a process"
+    (service,) = of_kind(objects, "Service")
+    assert service["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
+    for spec in pod_specs(objects).values():
+        env = _env(spec["containers"][0])
+        if "DATABASE_URL" in env:
+            assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "kubetask-postgresql", "key": "url"}
+
+
+def test_notes_tell_the_next_step() -> None:
+    result = helm("install", "kubetask", str(CHART), *DB, "--dry-run=client", "--namespace", "kt")
+    assert "examples/task.yaml" in result.stdout
+    assert "kubectl get tasks -n kt -w" in result.stdout
+
+
+def test_the_chart_no_longer_mentions_kopf_peering() -> None:
+    """Peering is gone from the operator; the chart's docs, templates and values must not promise it."""
+    for path in sorted(CHART.rglob("*")):
+        if path.is_file():
+            text = path.read_text().lower()
+            for word in ("peering", "kopf.dev", "kubetask_standalone", "kubetask_priority"):
+                assert word not in text, f"{path.relative_to(CHART)} mentions {word!r}"
