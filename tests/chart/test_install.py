@@ -40,6 +40,32 @@ def test_install_runs_the_operator_and_a_task_succeeds(release_factory: Any) -> 
     assert task["status"]["worker"].startswith(release.pool + "-")
 
 
+def test_core_scenarios_under_the_charts_serviceaccount(release_factory: Any) -> None:
+    """Retries, dead letter and revival, cancel, TTL, scale from zero and back: the chart's RBAC suffices."""
+    release: Release = release_factory("--set", "pools[0].scaleDownDelaySeconds=1")
+    fast = {"backoff": {"initialSeconds": 0.2, "factor": 1, "jitter": 0}}
+    release.task("flaky", "fail", payload={"times": 1}, maxRetries=2, **fast)
+    release.task("doomed", "fail", payload={"permanent": True})
+    release.task("brief", "echo", ttlSecondsAfterFinished=1)
+    release.task("endless", "sleep", payload={"seconds": 60})
+
+    assert release.wait_phase("flaky", "Succeeded")["status"]["attempts"] == 2
+    release.wait_phase("doomed", "DeadLetter")
+    release.kubectl("annotate", "task", "doomed", "kubetask.io/retry=1", "--overwrite")
+    devstack.wait_for(lambda: release.get("task", "doomed")["status"]["attempts"] == 2, 60, "the revived attempt")
+    devstack.wait_for(lambda: release.kubectl("get", "task", "brief", check=False).returncode != 0, 60,
+                      "the TTL deletion")
+    release.wait_phase("endless", "Running")
+    release.kubectl("delete", "task", "endless")
+    # With nothing left to run the pool goes back to zero.
+    devstack.wait_for(lambda: release.replicas() == 0, 60, "the pool to scale back to zero")
+
+    events = release.kubectl("get", "events", "-o", "jsonpath={.items[*].reason}").stdout.split()
+    assert {"Admitted", "Retrying", "DeadLetter"} <= set(events)
+    log = release.pod_log("operator")
+    assert "Forbidden" not in log and "403" not in log, log
+
+
 def test_operator_rbac_works_and_grants_no_secrets(release_factory: Any) -> None:
     release: Release = release_factory()
     ns = release.namespace
