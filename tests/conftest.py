@@ -7,6 +7,7 @@ are built on first use (``make binaries``) and cached in ``~/.cache/kubetask``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pathlib
 from collections.abc import Iterator
@@ -33,18 +34,24 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres.Pos
         server.stop()
 
 
-@pytest.fixture
-def namespace(control_plane: controlplane.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards (without waiting for it to finish terminating)."""
-    readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower().removeprefix("test_"))
-    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
-    name = f"t-{readable[:40].strip('-')}-{digest}"
-    control_plane.kubectl("create", "namespace", name)
-    control_plane.wait_default_serviceaccount(name)
+@contextlib.contextmanager
+def temporary_namespace(plane: controlplane.ControlPlane, name: str) -> Iterator[str]:
+    """Create ``name`` (ready for pods), and delete it afterwards without waiting for it to terminate."""
+    plane.kubectl("create", "namespace", name)
+    plane.wait_default_serviceaccount(name)
     try:
         yield name
     finally:
-        control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(control_plane: controlplane.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, named after it."""
+    readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower().removeprefix("test_"))
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+    with temporary_namespace(control_plane, f"t-{readable[:40].strip('-')}-{digest}") as name:
+        yield name
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from kubetask_dev import binaries, controlplane, devstack, podrunner, postgres
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, temporary_namespace
 
 CHART = ROOT / "charts" / "kubetask"
 #: The one value every render needs: where the database URL lives.
@@ -177,13 +177,8 @@ def install(plane: controlplane.ControlPlane, pg_server: postgres.PostgresServer
 
 @pytest.fixture
 def chart_namespace(chart_plane: controlplane.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = "c-" + uuid.uuid4().hex[:8]
-    chart_plane.kubectl("create", "namespace", name)
-    chart_plane.wait_default_serviceaccount(name)
-    try:
+    with temporary_namespace(chart_plane, "c-" + uuid.uuid4().hex[:8]) as name:
         yield name
-    finally:
-        chart_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
