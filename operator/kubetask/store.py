@@ -440,10 +440,25 @@ async def heartbeat(conn: Conn, lease_owner: str, lease_seconds: float, held: Se
 
 async def complete(conn: Conn, task_id: int, lease_owner: str, attempt: int, result: Any) -> bool:
     """Record success. False (and nothing changed) when the attempt no longer holds the lease."""
-    row = await _one(conn, QUERIES["complete"], {
-        "task_id": task_id, "lease_owner": lease_owner, "attempt": attempt, "result": Jsonb(result),
+    return task_id in await complete_many(conn, lease_owner, [(task_id, attempt, result)])
+
+
+async def complete_many(conn: Conn, lease_owner: str,
+                        successes: Sequence[tuple[int, int, Any]]) -> set[int]:
+    """Record (task_id, attempt, result) successes in one statement; return the ids recorded.
+
+    An id missing from the answer was not ours any more (rescued, cancelled,
+    superseded): nothing changed for it. Each task may appear once.
+    """
+    if not successes:
+        return set()
+    cursor = await conn.execute(QUERIES["complete"], {
+        "task_id": [task_id for task_id, _, _ in successes],
+        "attempt": [attempt for _, attempt, _ in successes],
+        "result": [Jsonb(result) for _, _, result in successes],
+        "lease_owner": lease_owner,
     })
-    return bool(row[0] == 1)
+    return {row[0] for row in await cursor.fetchall()}
 
 
 async def fail(conn: Conn, task_id: int, lease_owner: str, attempt: int, *, error_type: str,
@@ -621,4 +636,41 @@ async def task_history(conn: Conn, uid: str) -> list[AttemptRow]:
     """Every attempt of a task, oldest first."""
     cursor = conn.cursor(row_factory=class_row(AttemptRow))
     await cursor.execute(QUERIES["task_history"], {"uid": uid})
+    return await cursor.fetchall()
+
+
+async def find_tasks(conn: Conn, namespace: str, name: str) -> list[TaskRow]:
+    """Rows of the Tasks named ``namespace/name``, newest first (the object may be long gone)."""
+    cursor = conn.cursor(row_factory=class_row(TaskRow))
+    await cursor.execute(QUERIES["find_tasks"], {"namespace": namespace, "name": name})
+    return await cursor.fetchall()
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """One queue's numbers, for ``kubetask stats``."""
+
+    queue: str
+    queued: int
+    """Due now and waiting for a worker."""
+    scheduled: int
+    """Waiting for a future runAt or retry time."""
+    running: int
+    retrying: int
+    """Failed once, due again now."""
+    succeeded: int
+    """Finished within the window."""
+    dead_letter: int
+    """Dead-lettered within the window."""
+    cancelled: int
+    """Cancelled within the window."""
+    dead_letter_total: int
+    """In the dead letter now, whenever they got there."""
+    oldest_waiting_seconds: float | None
+    """Age of the oldest due task still waiting (None when none waits)."""
+
+
+async def queue_stats(conn: Conn, window_seconds: float = 60.0) -> list[QueueStats]:
+    cursor = conn.cursor(row_factory=class_row(QueueStats))
+    await cursor.execute(QUERIES["queue_stats"], {"window_seconds": window_seconds})
     return await cursor.fetchall()

@@ -119,31 +119,37 @@ WHERE held.id NOT IN (SELECT id FROM extended)
 ORDER BY held.id;
 
 -- name: complete
--- Guarded by lease owner, state and attempt number: a late result of an
--- attempt that was rescued, cancelled or superseded changes nothing.
-WITH done AS (
-    UPDATE kubetask_tasks
+-- Records a batch of successes in one round trip: the worker group-commits
+-- the results of the handlers that finished while the previous batch was
+-- being written. Each row is guarded by lease owner, state and attempt number:
+-- a late result of an attempt that was rescued, cancelled or superseded
+-- changes nothing. Returns the ids of the tasks recorded.
+WITH incoming AS (
+    SELECT *
+    FROM unnest(%(task_id)s::bigint[], %(attempt)s::integer[], %(result)s::jsonb[])
+        AS i (task_id, attempt, result)
+), done AS (
+    UPDATE kubetask_tasks AS t
     SET state = 'succeeded',
-        result = %(result)s,
+        result = i.result,
         finished_at = now(),
         lease_owner = NULL,
         lease_expires_at = NULL,
-        version = version + 1
-    WHERE id = %(task_id)s AND lease_owner = %(lease_owner)s AND state = 'running'
-      AND attempts = %(attempt)s
-    RETURNING id, attempts
+        version = t.version + 1
+    FROM incoming AS i
+    WHERE t.id = i.task_id AND t.lease_owner = %(lease_owner)s AND t.state = 'running'
+      AND t.attempts = i.attempt
+    RETURNING t.id, t.attempts, i.result
 ), attempt AS (
     UPDATE kubetask_attempts AS a
-    SET outcome = 'succeeded', finished_at = now(), result = %(result)s
+    SET outcome = 'succeeded', finished_at = now(), result = done.result
     FROM done
     WHERE a.task_id = done.id AND a.number = done.attempts AND a.outcome = 'running'
-    RETURNING a.number
 ), notified_status AS (
     SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM done)
 )
-SELECT (SELECT count(*) FROM done) AS tasks,
-       (SELECT count(*) FROM attempt) AS attempts,
-       (SELECT count(*) FROM notified_status) AS notified;
+SELECT done.id, (SELECT count(*) FROM notified_status) AS notified
+FROM done;
 
 -- name: fail
 -- retry_at NULL: dead letter. Otherwise retrying until retry_at; when that is
@@ -416,3 +422,54 @@ FROM kubetask_attempts AS a
 JOIN kubetask_tasks AS t ON t.id = a.task_id
 WHERE t.uid = %(uid)s::uuid
 ORDER BY a.number;
+
+-- name: find_tasks
+-- Rows of Tasks named so in a namespace, newest first: a name may have been
+-- re-used after the object was deleted, and its history outlives the object.
+SELECT id, uid::text AS uid, namespace, name, type, payload, queue, priority, max_retries,
+       backoff_initial_seconds, backoff_factor, backoff_max_seconds, backoff_jitter,
+       timeout_seconds, state, attempts, budget_base, run_at, lease_owner, worker_pod,
+       lease_expires_at, result, last_error, created_at, started_at, finished_at,
+       version, mirrored_version, mirrored_state
+FROM kubetask_tasks
+WHERE namespace = %(namespace)s AND name = %(name)s
+ORDER BY created_at DESC, id DESC;
+
+-- name: queue_stats
+-- Per queue: rows by state, what finished within the window, and the age of
+-- the oldest task that is due and waiting. The unfinished states use the claim
+-- index; the finished counts scan only the window through finished_at.
+WITH open AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
+           count(*) FILTER (WHERE state IN ('queued', 'retrying') AND run_at > now()) AS scheduled,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'retrying' AND run_at <= now()) AS retrying,
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE state IN ('queued', 'retrying')
+                                                          AND run_at <= now()))::float8 AS oldest_waiting_seconds
+    FROM kubetask_tasks
+    WHERE state IN ('queued', 'running', 'retrying')
+    GROUP BY queue
+), done AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE state = 'dead_letter') AS dead_letter,
+           count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+    FROM kubetask_tasks
+    WHERE finished_at > now() - make_interval(secs => %(window_seconds)s)
+    GROUP BY queue
+), dead AS (
+    SELECT queue, count(*) AS dead_letter_total
+    FROM kubetask_tasks WHERE state = 'dead_letter'
+    GROUP BY queue
+)
+SELECT coalesce(o.queue, d.queue, x.queue) AS queue,
+       coalesce(o.queued, 0) AS queued, coalesce(o.scheduled, 0) AS scheduled,
+       coalesce(o.running, 0) AS running, coalesce(o.retrying, 0) AS retrying,
+       coalesce(d.succeeded, 0) AS succeeded, coalesce(d.dead_letter, 0) AS dead_letter,
+       coalesce(d.cancelled, 0) AS cancelled, coalesce(x.dead_letter_total, 0) AS dead_letter_total,
+       o.oldest_waiting_seconds
+FROM open AS o
+FULL JOIN done AS d ON d.queue = o.queue
+FULL JOIN dead AS x ON x.queue = coalesce(o.queue, d.queue)
+ORDER BY 1;
