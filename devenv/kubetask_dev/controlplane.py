@@ -120,6 +120,19 @@ class ControlPlane:
     def stop(self) -> None:
         stop(self.state_dir)
 
+    def restart_component(self, name: str, down_seconds: float = 0.0) -> None:
+        """Stop one component (``kube-apiserver``, ``etcd`` …) and start it again with the same command."""
+        pids = json.loads((self.state_dir / "pids.json").read_text())
+        _terminate_group(pids[name], timeout=15)
+        for proc in [p for p in _CHILDREN if p.pid == pids[name]]:
+            proc.wait()
+            _CHILDREN.remove(proc)
+        time.sleep(down_seconds)
+        spec = json.loads((self.state_dir / "commands.json").read_text())[name]
+        _spawn(self.state_dir, name, spec["cmd"], spec["env"])
+        if name == "kube-apiserver":
+            self.wait_ready()
+
     # -- lifecycle -----------------------------------------------------------------
 
     @classmethod
@@ -281,6 +294,10 @@ def _decode(payload: bytes) -> Any:
 
 
 def _spawn(state_dir: pathlib.Path, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+    commands_file = state_dir / "commands.json"
+    commands = json.loads(commands_file.read_text()) if commands_file.exists() else {}
+    commands[name] = {"cmd": cmd, "env": env or {}}
+    commands_file.write_text(json.dumps(commands))
     log = open(state_dir / "logs" / f"{name}.log", "ab")
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

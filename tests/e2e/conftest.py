@@ -65,8 +65,8 @@ class Stack:
 
     # -- pools --------------------------------------------------------------------------
 
-    def add_pool(self, queue: str, **options: Any) -> None:
-        manifest = devstack.worker_deployment(queue, extra_env=FAST_WORKER_ENV, **options)
+    def add_pool(self, queue: str, extra_env: dict[str, str] | None = None, **options: Any) -> None:
+        manifest = devstack.worker_deployment(queue, extra_env={**FAST_WORKER_ENV, **(extra_env or {})}, **options)
         self.plane.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     def remove_pool(self, queue: str) -> None:
