@@ -55,3 +55,8 @@ def namespace(control_plane: controlplane.ControlPlane, request: pytest.FixtureR
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# The end-to-end stack (operator, pools, database) is session-wide and shared by
+# tests/e2e and tests/faults: defined once, here, so there is one instance.
+from tests.stack import e2e, stack  # noqa: E402,F401

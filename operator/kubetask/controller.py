@@ -74,6 +74,8 @@ class Runtime:
     pools: dict[tuple[str, str], Pool] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     leading: bool = False
+    pools_listed: bool = False
+    """True once the pool Deployments have been seen: before that "no pool" would be a guess."""
     seen_uids: set[str] = dataclasses.field(default_factory=set)
     admitted_events: int = 0
 
@@ -126,6 +128,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global RUNTIME
     config = settings_from_env()
     settings.posting.enabled = False  # kopf would post an Event per log line: extra writes per Task
+    # kopf logs "Handler 'task_event' succeeded." at INFO for every watch event of every Task: a log
+    # line (and its formatting) per event, a measurable share of the operator's CPU in a burst.
+    # Warnings and errors about objects still show.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -139,6 +145,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         asyncio.create_task(_forever("listener", _listen), name="kubetask-listener"),
         asyncio.create_task(_forever("admitter", _admitter), name="kubetask-admitter"),
         asyncio.create_task(_forever("leadership", _lead), name="kubetask-leadership"),
+        asyncio.create_task(_list_pools(), name="kubetask-list-pools"),
     ]
     log.info("kubetask operator started; waiting for leadership")
 
@@ -152,7 +159,8 @@ async def cleanup(**_: Any) -> None:
     for task in rt.tasks:
         task.cancel()
     await asyncio.gather(*rt.tasks, return_exceptions=True)
-    rt.kube.close()
+    await rt.kube.close()
+    log.info("stopped after %d Kubernetes API writes", rt.kube.writes)
     RUNTIME = None
 
 
@@ -189,10 +197,14 @@ async def task_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels={kube.POOL_LABEL: kopf.PRESENT})
 async def pool_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    _register_pool(dict(body), deleted=event.get("type") == "DELETED")
+
+
+def _register_pool(body: dict[str, Any], deleted: bool = False) -> None:
     rt = _runtime()
     meta = body.get("metadata", {})
     key = (meta["namespace"], meta["name"])
-    if event.get("type") == "DELETED":
+    if deleted:
         rt.pools.pop(key, None)
         return
     try:
@@ -211,6 +223,22 @@ async def pool_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     else:
         existing.policy, existing.selector, existing.replicas = policy, selector, replicas
     rt.scale_wake.set()
+
+
+async def _list_pools() -> None:
+    """One LIST at start-up, so the mirror can tell "no pool serves this queue" from "not seen yet"."""
+    rt = _runtime()
+    delay = 0.5
+    while True:
+        try:
+            for body in await rt.kube.pool_deployments(rt.config.namespaces):
+                _register_pool(body)
+            rt.pools_listed = True
+            return
+        except Exception as err:
+            log.warning("listing worker pools: %s; retrying in %.1fs", err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 _shared_conn: psycopg.AsyncConnection[Any] | None = None
@@ -297,7 +325,8 @@ def _refusal(raw: dict[str, Any]) -> str | None:
     """Why a Task the CRD schema let through cannot be admitted, or None."""
     import json
 
-    size = len(json.dumps((raw.get("spec") or {}).get("payload") or {}, separators=(",", ":")).encode())
+    payload = (raw.get("spec") or {}).get("payload") or {}
+    size = len(json.dumps(payload, separators=(",", ":")).encode())
     if size > model.MAX_PAYLOAD_BYTES:
         return (f"spec.payload is {size} bytes, over the {model.MAX_PAYLOAD_BYTES}-byte cap: store large data "
                 "elsewhere (object storage, a ConfigMap) and pass a reference in the payload")
@@ -307,6 +336,10 @@ def _refusal(raw: dict[str, Any]) -> str | None:
         first = err.errors()[0]
         where = "spec." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "spec"
         return f"{where}: {first['msg']}"
+    nul = store.find_nul(payload, "spec.payload")
+    if nul is not None:
+        return (f"{nul} holds a NUL character (\\u0000), which PostgreSQL cannot store: "
+                "encode binary data, e.g. as base64")
     return None
 
 
@@ -336,10 +369,25 @@ async def _admitter(conn: psycopg.AsyncConnection[Any]) -> None:
         try:
             if new:
                 await store.admit(conn, list(new.values()))
-        except Exception:
+        except psycopg.OperationalError:
             for item in batch:
                 rt.admissions.put_nowait(item)
-            raise
+            raise  # the connection is gone: reconnect and try the whole batch again
+        except Exception as err:
+            # A row PostgreSQL refuses must not block the Tasks batched with it:
+            # admit one at a time and refuse, visibly, only the ones that fail.
+            log.warning("admitting a batch of %d failed (%s); admitting one by one", len(new), err)
+            raws = {raw["metadata"]["uid"]: raw for raw, _ in batch}
+            pending = list(new.items())
+            for index, (uid, task) in enumerate(pending):
+                try:
+                    await store.admit(conn, [task])
+                except psycopg.OperationalError:
+                    for rest, _ in pending[index:]:
+                        rt.admissions.put_nowait((raws[rest], time.monotonic()))
+                    raise
+                except Exception as single:
+                    refused.append((raws[uid], f"PostgreSQL refused the Task: {type(single).__name__}: {single}"))
         for raw, reason in refused:
             meta = raw["metadata"]
             log.warning("Task %s/%s refused: %s", meta["namespace"], meta["name"], reason)
@@ -359,7 +407,9 @@ async def _mirror(conn: psycopg.AsyncConnection[Any]) -> None:
     async def one(row: Any) -> tuple[int, int, str] | None:
         async with semaphore:
             try:
-                await rt.kube.patch_task_status(row.namespace, row.name, str(row.uid), status.build(row))
+                served = {pool.policy.queue for pool in rt.pools.values()}
+                missing = row.queue if rt.pools_listed and row.queue not in served else None
+                await rt.kube.patch_task_status(row.namespace, row.name, str(row.uid), status.build(row, missing))
             except (kube.NotFound, kube.Conflict):
                 return (row.id, row.version, row.state)  # the Task is gone: nothing left to mirror
             except Exception as err:

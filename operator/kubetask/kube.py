@@ -1,9 +1,13 @@
 """Every call the operator makes to the Kubernetes API, in one place.
 
-kopf watches; this module writes. The ``kubernetes`` client is synchronous, so
-each call runs in a bounded thread pool (``asyncio.to_thread`` on a dedicated
-executor): the event loop never blocks and the API server never sees more
-than ``max_concurrency`` requests from us at once.
+kopf watches; this module writes. The hot writes, one or two per Task (the
+status patch and the Event), go over aiohttp (which kopf ships) on the event
+loop, with keep-alive connections: a request costs a fraction of the CPU of
+the generated ``kubernetes`` client in a thread, which was the ceiling of the
+status mirror (bench/e2e.py). The rare calls (scale, pod listing, deletion,
+the orphan sweep's LIST) keep the synchronous ``kubernetes`` client, each in
+a bounded thread pool. Either way the API server never sees more than
+``max_concurrency`` requests from each path at once.
 
 Workers never import this module: they need no Kubernetes credentials.
 """
@@ -15,9 +19,13 @@ import concurrent.futures
 import dataclasses
 import datetime
 import functools
+import json
+import ssl
+import urllib.parse
 import uuid
 from typing import Any, Callable, Sequence, TypeVar
 
+import aiohttp
 import kubernetes
 
 from kubetask import model
@@ -34,6 +42,66 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     """A precondition failed (the object was replaced by another with the same name)."""
+
+
+class ApiError(Exception):
+    """Any other refusal by the API server."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+
+
+class _AsyncHttp:
+    """Keep-alive HTTPS to the API server on the event loop, with the client configuration's
+    server, CA, client certificate and (refreshed) bearer token."""
+
+    def __init__(self, config: kubernetes.client.Configuration, limit: int) -> None:
+        self.config = config
+        self.limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.config.verify_ssl:
+            return False
+        context = ssl.create_default_context(cafile=self.config.ssl_ca_cert)
+        if self.config.cert_file:
+            context.load_cert_chain(self.config.cert_file, self.config.key_file)
+        return context
+
+    def _headers(self, content_type: str) -> dict[str, str]:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        token = self.config.get_api_key_with_prefix("BearerToken", alias="authorization")
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    async def request(self, method: str, path: str, body: Any, content_type: str = "application/json") -> None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.limit, ssl=self._ssl(), keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=60), skip_auto_headers=("User-Agent",),
+                headers={"User-Agent": "kubetask-operator"})
+        async with self._session.request(method, self.config.host + path, data=json.dumps(body, separators=(",", ":")),
+                                         headers=self._headers(content_type)) as resp:
+            data = await resp.read()  # the object as stored: read to keep the connection, not parsed
+            if resp.status < 300:
+                return
+            reason = data[:300].decode(errors="replace")
+            if resp.status == 404:
+                raise NotFound(reason)
+            if resp.status == 409:
+                raise Conflict(reason)
+            raise ApiError(resp.status, reason)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +124,7 @@ class Kube:
         self.apps = kubernetes.client.AppsV1Api(self.api_client)
         self.core = kubernetes.client.CoreV1Api(self.api_client)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="kube")
+        self._http = _AsyncHttp(config, max_concurrency)
         self.writes = 0
         """API writes made, for the benchmarks' writes-per-Task figure."""
 
@@ -70,7 +139,8 @@ class Kube:
                 raise Conflict(str(err.reason)) from err
             raise
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self._http.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()  # type: ignore[no-untyped-call]
 
@@ -80,10 +150,9 @@ class Kube:
         """Merge-patch the status subresource; the uid precondition skips a re-created namesake."""
         self.writes += 1
         body = {"metadata": {"uid": uid}, "status": status}
-        await self._call(
-            self.custom.patch_namespaced_custom_object_status,
-            model.GROUP, model.VERSION, namespace, model.PLURAL, name, body,
-        )
+        path = (f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{_quote(namespace)}/{model.PLURAL}/"
+                f"{_quote(name)}/status")
+        await self._http.request("PATCH", path, body, "application/merge-patch+json")
 
     async def delete_task(self, namespace: str, name: str, uid: str) -> None:
         self.writes += 1
@@ -131,9 +200,22 @@ class Kube:
             "source": {"component": "kubetask-operator"}, "reportingComponent": "kubetask.io/operator",
             "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
         }
-        await self._call(self.core.create_namespaced_event, namespace, body)
+        await self._http.request("POST", f"/api/v1/namespaces/{_quote(namespace)}/events", body)
 
     # -- worker pools ---------------------------------------------------------------
+
+    async def pool_deployments(self, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every worker-pool Deployment (label ``kubetask.io/pool``) in ``namespaces`` (all when empty)."""
+        out: list[dict[str, Any]] = []
+        targets: list[str | None] = [*namespaces] if namespaces else [None]
+        for namespace in targets:
+            if namespace is None:
+                listing = await self._call(self.apps.list_deployment_for_all_namespaces, label_selector=POOL_LABEL)
+            else:
+                listing = await self._call(self.apps.list_namespaced_deployment, namespace, label_selector=POOL_LABEL)
+            plain = self.api_client.sanitize_for_serialization(listing)  # type: ignore[no-untyped-call]
+            out.extend(plain["items"])
+        return out
 
     async def scale(self, namespace: str, deployment: str, replicas: int) -> None:
         self.writes += 1

@@ -69,7 +69,8 @@ def _condition(type_: str, ok: bool, reason: str, message: str, when: datetime.d
             "lastTransitionTime": _time(when)}
 
 
-def build(row: RowLike) -> dict[str, Any]:
+def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
+    """The whole status; ``no_pool_for`` names the queue when no worker pool serves it."""
     phase = model.PHASE_BY_STATE[row.state]
     history = [
         {
@@ -96,6 +97,12 @@ def build(row: RowLike) -> dict[str, Any]:
     if phase.finished:
         conditions.append(_condition("Finished", True, phase.value, f"finished as {phase.value}", row.finished_at))
     waiting = phase in (model.Phase.QUEUED, model.Phase.RETRYING)
+    if waiting and no_pool_for is not None:
+        conditions.append(_condition(
+            "WorkerPool", False, "NoWorkerPool",
+            f"no worker pool serves queue {no_pool_for!r}: the Task waits until one does (a Deployment labelled "
+            f"kubetask.io/pool with annotation kubetask.io/queue: {no_pool_for}), or re-create it with another spec.queue",
+            row.created_at))
     return {
         "phase": phase.value,
         "attempts": row.attempts,

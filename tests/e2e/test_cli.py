@@ -12,7 +12,7 @@ import kubernetes
 import pytest
 
 
-from tests.e2e.conftest import Stack, task
+from tests.stack import Stack, task
 
 KUBETASK = str(pathlib.Path(sys.executable).parent / "kubetask")
 

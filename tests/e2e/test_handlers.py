@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from tests.e2e.conftest import Stack, task
+from tests.stack import Stack, task
 
 FAST = {"backoff": {"initialSeconds": 0.2, "factor": 1, "jitter": 0}}
 

@@ -7,7 +7,7 @@ import pathlib
 
 from kubetask_dev import devstack
 
-from tests.e2e.conftest import FAST_OPERATOR_ENV, Stack, task
+from tests.stack import FAST_OPERATOR_ENV, Stack, task
 
 
 def test_deleting_a_running_task_cancels_it_and_keeps_history(e2e: Stack, namespace: str) -> None:
@@ -84,3 +84,27 @@ def test_two_operators_one_leads_and_the_standby_takes_over(e2e: Stack, namespac
         assert "leading:" in (tmp_path / "operator.log").read_text()
     finally:
         devstack.stop_process(standby)
+
+
+def test_a_payload_postgresql_cannot_store_is_refused_without_blocking_others(e2e: Stack, namespace: str) -> None:
+    e2e.apply(task(namespace, "echo", "poison", payload={"bytes": "a\u0000b"}),
+              *[task(namespace, "echo", f"fine{i}") for i in range(5)])
+    status = e2e.wait_phase(namespace, "poison", "DeadLetter")["status"]
+    assert "spec.payload" in status["lastError"]["message"] and "NUL" in status["lastError"]["message"]
+    for i in range(5):
+        e2e.wait_phase(namespace, f"fine{i}", "Succeeded")
+
+
+def test_a_queue_without_a_pool_waits_visibly(e2e: Stack, namespace: str) -> None:
+    e2e.apply(task(namespace, "echo", "orphan", queue="nobody-serves-this"))
+    queued = e2e.wait_phase(namespace, "orphan", "Queued")
+    conditions = {c["type"]: c for c in queued["status"]["conditions"]}
+    assert conditions["WorkerPool"]["status"] == "False"
+    assert conditions["WorkerPool"]["reason"] == "NoWorkerPool"
+    assert "nobody-serves-this" in conditions["WorkerPool"]["message"]
+    e2e.add_pool("nobody-serves-this", max_replicas=1)
+    try:
+        done = e2e.wait_phase(namespace, "orphan", "Succeeded", timeout=60)
+        assert "WorkerPool" not in {c["type"] for c in done["status"]["conditions"]}
+    finally:
+        e2e.remove_pool("nobody-serves-this")

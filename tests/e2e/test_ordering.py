@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from tests.e2e.conftest import Stack, task
+from tests.stack import Stack, task
 
 
 def test_higher_priority_runs_first_and_runat_waits(e2e: Stack, namespace: str) -> None:

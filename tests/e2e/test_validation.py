@@ -10,7 +10,7 @@ import pytest
 
 from kubetask_dev import controlplane
 
-from tests.e2e.conftest import Stack
+from tests.stack import Stack
 
 BASE: dict[str, Any] = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task",
                         "metadata": {"name": "bad"}, "spec": {"type": "echo"}}

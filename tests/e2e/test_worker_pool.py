@@ -9,7 +9,7 @@ import time
 
 from kubetask_dev import devstack, podrunner
 
-from tests.e2e.conftest import Stack, task
+from tests.stack import Stack, task
 
 
 def _watch_max_replicas(e2e: Stack, queue: str, stop: threading.Event, seen: list[int]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import ROOT
-from tests.e2e.conftest import Stack, task
+from tests.stack import Stack, task
 
 QUEUE = "unruly"
 

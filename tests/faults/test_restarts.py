@@ -6,7 +6,7 @@ import time
 
 from kubetask_dev import postgres
 
-from tests.e2e.conftest import Stack, task
+from tests.stack import Stack, task
 
 
 def test_postgres_restart_mid_run_loses_nothing(e2e: Stack, namespace: str, pg_server: postgres.PostgresServer) -> None:

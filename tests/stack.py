@@ -1,4 +1,4 @@
-"""kubetask end to end: the operator and worker pods on the real control plane.
+"""The kubetask stack for end-to-end and fault tests: operator and worker pods on the real control plane.
 
 One stack per session: the CRD, a ``kubetask-system`` namespace with the
 database Secret and the ``default`` worker pool, and the operator as a real
