@@ -6,15 +6,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STATE := .dev
 
-.PHONY: setup binaries cluster cluster-down dev test test-unit crds lint clean
+.PHONY: setup binaries cluster cluster-down dev test test-unit crds lint bench bench-quick clean
 
-## setup: the virtualenv with kubetask (editable) and the dev tools
+## setup: the virtualenv with kubetask (editable), the dev tools and the benchmark peers
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	echo "$(CURDIR)/devenv" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kubetask-devenv.pth"
 	touch $@
 
@@ -51,6 +51,14 @@ crds: setup
 lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+## bench: every figure, kubetask against its peers in one run (< 15 min on 2 cores); writes bench/results/latest.{json,png}
+bench: binaries
+	$(PY) -m bench.run
+
+## bench-quick: the same figures with smaller counts (< 2 min)
+bench-quick: binaries
+	$(PY) -m bench.run --quick
 
 ## kind, kind-down: the real thing on kind (needs Docker; see mk/kind.mk)
 include mk/kind.mk

@@ -6,7 +6,9 @@ rows. Each public function is one state change, and nearly every one is a
 single statement (data-modifying CTEs) so that it is one round trip and, on an
 autocommit connection, one transaction: the claim picks rows with
 ``FOR UPDATE SKIP LOCKED``, marks them running and inserts their attempt rows
-at once; a completion updates the task and its attempt at once. The only
+at once; a completion updates the task and its attempt at once. A busy worker
+does both in the same statement (``complete_and_claim``): the successes of its
+last batch and the claim of the next, one round trip per batch. The only
 function with two statements is ``rescue_expired``, because the backoff
 decision is made in Python (``retry.decide``) between locking the expired rows
 and updating them; it runs them in one explicit transaction.
@@ -416,12 +418,31 @@ async def claim(conn: Conn, queue: str, lease_owner: str, worker_pod: str, limit
     """Lease up to ``limit`` due tasks of ``queue`` (priority, then run_at, then id) in one statement."""
     if limit <= 0:
         return []
-    cursor = conn.cursor(row_factory=class_row(ClaimedTask))
-    await cursor.execute(QUERIES["claim"], {
-        "queue": queue, "lease_owner": lease_owner, "worker_pod": worker_pod,
-        "limit": limit, "lease_seconds": lease_seconds,
+    _, claimed = await complete_and_claim(conn, lease_owner, [], queue=queue, worker_pod=worker_pod,
+                                          limit=limit, lease_seconds=lease_seconds)
+    return claimed
+
+
+async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]], *,
+                             queue: str, worker_pod: str, limit: int,
+                             lease_seconds: float) -> tuple[set[int], list[ClaimedTask]]:
+    """Record (task_id, attempt, result) successes and lease up to ``limit`` due tasks, in one statement.
+
+    Returns the ids recorded (an id missing from it was not ours any more:
+    rescued, cancelled, superseded; nothing changed for it) and the tasks
+    claimed. Each task may appear once in ``successes``. ``limit`` 0 only
+    records.
+    """
+    cursor = await conn.execute(QUERIES["claim"], {
+        "done_id": [task_id for task_id, _, _ in successes],
+        "done_attempt": [attempt for _, attempt, _ in successes],
+        "done_results": Jsonb([result for _, _, result in successes]),
+        "lease_owner": lease_owner, "queue": queue, "worker_pod": worker_pod,
+        "limit": max(limit, 0), "lease_seconds": lease_seconds,
     })
-    return await cursor.fetchall()
+    rows = await cursor.fetchall()
+    recorded = set(rows[0][0]) if rows else set()
+    return recorded, [ClaimedTask(*row[2:]) for row in rows if row[2] is not None]
 
 
 async def heartbeat(conn: Conn, lease_owner: str, lease_seconds: float, held: Sequence[int]) -> list[int]:
@@ -443,22 +464,13 @@ async def complete(conn: Conn, task_id: int, lease_owner: str, attempt: int, res
     return task_id in await complete_many(conn, lease_owner, [(task_id, attempt, result)])
 
 
-async def complete_many(conn: Conn, lease_owner: str,
-                        successes: Sequence[tuple[int, int, Any]]) -> set[int]:
-    """Record (task_id, attempt, result) successes in one statement; return the ids recorded.
-
-    An id missing from the answer was not ours any more (rescued, cancelled,
-    superseded): nothing changed for it. Each task may appear once.
-    """
+async def complete_many(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]]) -> set[int]:
+    """Record (task_id, attempt, result) successes in one statement; return the ids recorded."""
     if not successes:
         return set()
-    cursor = await conn.execute(QUERIES["complete"], {
-        "task_id": [task_id for task_id, _, _ in successes],
-        "attempt": [attempt for _, attempt, _ in successes],
-        "result": [Jsonb(result) for _, _, result in successes],
-        "lease_owner": lease_owner,
-    })
-    return {row[0] for row in await cursor.fetchall()}
+    recorded, _ = await complete_and_claim(conn, lease_owner, successes, queue="", worker_pod="", limit=0,
+                                           lease_seconds=0)
+    return recorded
 
 
 async def fail(conn: Conn, task_id: int, lease_owner: str, attempt: int, *, error_type: str,

@@ -89,9 +89,11 @@ async def plan(conn: store.Conn, query: str, params: dict[str, object]) -> str:
 
 async def test_queries_are_served_by_their_partial_indexes(conn: store.Conn) -> None:
     claim = await plan(conn, store.QUERIES["claim"], {
-        "queue": "q", "lease_owner": "o", "worker_pod": "p", "limit": 5, "lease_seconds": 30})
+        "queue": "q", "lease_owner": "o", "worker_pod": "p", "limit": 5, "lease_seconds": 30,
+        "done_id": [], "done_attempt": [], "done_results": store.Jsonb([])})
     picking = claim.split("CTE picked")[1].split("CTE claimed")[0]
     assert "Index Scan using kubetask_tasks_claim" in picking
     assert "Sort" not in picking, "the index yields the claim's order: no sort"
     assert "kubetask_tasks_lease_expiry" in await plan(conn, store.QUERIES["lock_expired"], {"limit": 5})
     assert "kubetask_tasks_unmirrored" in await plan(conn, store.QUERIES["pending_status"], {"limit": 5, "history": 10})
+

@@ -74,7 +74,7 @@ async def test_a_task_never_has_two_running_attempts(conn: store.Conn, new_task)
 
 
 def test_every_query_is_loaded_and_named_uniquely() -> None:
-    assert {"admit", "claim", "heartbeat", "complete", "fail", "hand_back", "lock_expired", "rescue",
+    assert {"admit", "claim", "heartbeat", "fail", "hand_back", "lock_expired", "rescue",
             "cancel", "retry_dead", "pending_status", "mark_mirrored", "queue_depths"} <= set(store.QUERIES)
     with pytest.raises(ValueError, match="defined twice"):
         store._load_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")

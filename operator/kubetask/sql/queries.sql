@@ -70,39 +70,6 @@ SELECT (SELECT count(*) FROM inserted) AS admitted,
        (SELECT count(*) FROM notified_queue) AS queues_notified,
        (SELECT count(*) FROM notified_status) AS status_notified;
 
--- name: claim
-WITH picked AS (
-    SELECT id
-    FROM kubetask_tasks
-    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
-    ORDER BY priority DESC, run_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE kubetask_tasks AS t
-    SET state = 'running',
-        attempts = t.attempts + 1,
-        lease_owner = %(lease_owner)s,
-        worker_pod = %(worker_pod)s,
-        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-        started_at = now(),
-        version = t.version + 1
-    FROM picked
-    WHERE t.id = picked.id
-    RETURNING t.*
-), attempt AS (
-    INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner, started_at)
-    SELECT id, attempts, worker_pod, lease_owner, started_at FROM claimed
-), notified_status AS (
-    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM claimed)
-)
-SELECT c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
-       c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
-       c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
-       c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod
-FROM claimed AS c CROSS JOIN notified_status
-ORDER BY c.priority DESC, c.run_at, c.id;
-
 -- name: heartbeat
 -- Extends only the leases of tasks the worker says it runs; returns those it
 -- thinks it runs but no longer holds (cancelled, or rescued after a stall).
@@ -118,15 +85,25 @@ FROM unnest(%(held)s::bigint[]) AS held (id)
 WHERE held.id NOT IN (SELECT id FROM extended)
 ORDER BY held.id;
 
--- name: complete
--- Records a batch of successes in one round trip: the worker group-commits
--- the results of the handlers that finished while the previous batch was
--- being written. Each row is guarded by lease owner, state and attempt number:
--- a late result of an attempt that was rescued, cancelled or superseded
--- changes nothing. Returns the ids of the tasks recorded.
+-- name: claim
+-- The worker's one statement per round trip: record the successes it holds
+-- (possibly none) and claim up to %(limit)s due tasks (possibly 0), so a busy
+-- worker writes the results of one batch and takes the next in one go.
+--
+-- Successes: each row is guarded by lease owner, state and attempt number,
+-- so a late result of an attempt that was rescued, cancelled or superseded
+-- changes nothing; "recorded" lists the ids that were written.
+-- Claims: FOR UPDATE SKIP LOCKED on the partial index shaped for it; the
+-- task becomes running with a lease, and its attempt row is inserted. The
+-- two halves touch disjoint rows (running vs queued/retrying).
+-- Always returns at least one row; the claim columns are NULL when nothing
+-- was claimed.
 WITH incoming AS (
+    -- done_results is one JSON array (one encoding for the whole batch), zipped with the ids.
     SELECT *
-    FROM unnest(%(task_id)s::bigint[], %(attempt)s::integer[], %(result)s::jsonb[])
+    FROM unnest(%(done_id)s::bigint[], %(done_attempt)s::integer[],
+                ARRAY(SELECT r.value FROM jsonb_array_elements(%(done_results)s::jsonb) WITH ORDINALITY AS r
+                      ORDER BY r.ordinality))
         AS i (task_id, attempt, result)
 ), done AS (
     UPDATE kubetask_tasks AS t
@@ -137,19 +114,57 @@ WITH incoming AS (
         lease_expires_at = NULL,
         version = t.version + 1
     FROM incoming AS i
-    WHERE t.id = i.task_id AND t.lease_owner = %(lease_owner)s AND t.state = 'running'
+    -- Found by primary key ("id = ANY"). The lease owner is the state guard: a row has one only
+    -- while running (CHECK kubetask_tasks_lease_only_while_running). Spelling out state = 'running'
+    -- as well would let the planner pick the lease-expiry index, whose dead entries (every task
+    -- that ever ran, until a vacuum) it would then scan on every call.
+    WHERE t.id = ANY(%(done_id)s::bigint[]) AND t.id = i.task_id AND t.lease_owner = %(lease_owner)s
       AND t.attempts = i.attempt
     RETURNING t.id, t.attempts, i.result
-), attempt AS (
+), done_attempt AS (
     UPDATE kubetask_attempts AS a
     SET outcome = 'succeeded', finished_at = now(), result = done.result
     FROM done
-    WHERE a.task_id = done.id AND a.number = done.attempts AND a.outcome = 'running'
+    WHERE a.task_id = ANY(%(done_id)s::bigint[]) AND a.task_id = done.id AND a.number = done.attempts
+      AND a.outcome = 'running'
+), picked AS (
+    SELECT id
+    FROM kubetask_tasks
+    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE kubetask_tasks AS t
+    SET state = 'running',
+        attempts = t.attempts + 1,
+        lease_owner = %(lease_owner)s,
+        worker_pod = %(worker_pod)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(),
+        version = t.version + 1
+    -- "id = ANY(ARRAY(…))" rather than a join: found by primary key even by a plan that cannot
+    -- know how small LIMIT is (a generic plan assumes a tenth of the table, and hash-joins it).
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING t.id, t.uid, t.namespace, t.name, t.queue, t.type, t.payload, t.attempts, t.budget_base,
+              t.timeout_seconds, t.max_retries, t.backoff_initial_seconds, t.backoff_factor,
+              t.backoff_max_seconds, t.backoff_jitter, t.lease_owner, t.worker_pod, t.started_at,
+              t.priority, t.run_at
+), attempt AS (
+    INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner, started_at)
+    SELECT id, attempts, worker_pod, lease_owner, started_at FROM claimed
 ), notified_status AS (
-    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM done)
+    SELECT pg_notify('kubetask_status', '')
+    WHERE EXISTS (SELECT FROM done) OR EXISTS (SELECT FROM claimed)
 )
-SELECT done.id, (SELECT count(*) FROM notified_status) AS notified
-FROM done;
+SELECT (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
+       (SELECT count(*) FROM notified_status) AS notified,
+       c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
+       c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
+       c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
+       c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod
+FROM (VALUES (1)) AS one (always) LEFT JOIN claimed AS c ON true
+ORDER BY c.priority DESC, c.run_at, c.id;
 
 -- name: fail
 -- retry_at NULL: dead letter. Otherwise retrying until retry_at; when that is
