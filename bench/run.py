@@ -1,0 +1,116 @@
+"""Entry point: ``python -m bench.run [--quick] [--only engine|e2e]`` (``make bench``, ``make bench-quick``).
+
+Runs the engine figures (``bench.engine``: PostgreSQL only, against PGQueuer
+and procrastinate) and the end-to-end figures (``bench.e2e``: through a real
+API server, against Kubernetes Jobs), prints each figure as it is measured,
+then the whole table with the machine, the peers' versions and the command,
+and writes ``bench/results/latest.json`` and ``bench/results/latest.png``.
+
+Each part runs in its own try: a part that fails is reported (and the exit
+status is 1) but does not lose the figures of the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+from bench import common
+
+PARTS = ("engine", "e2e")
+
+
+def _postgres_version() -> str:
+    try:
+        from kubetask_dev import postgres
+
+        out = subprocess.run([str(postgres.bin_dir() / "postgres"), "--version"], capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip().rsplit(" ", 1)[-1]
+    except (ImportError, OSError, RuntimeError, subprocess.CalledProcessError):
+        return ""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # SIGTERM unwinds like Ctrl-C, so PostgreSQL and the worker processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts: about 2 minutes instead of 15")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
+    parser.add_argument("--output", type=pathlib.Path, default=common.RESULTS,
+                        help="folder for latest.json and latest.png (default bench/results)")
+    args = parser.parse_args(argv)
+    command = "python -m bench.run" + (" --quick" if args.quick else "") + "".join(
+        f" --only {part}" for part in args.only or ())
+    meta: dict[str, Any] = {
+        "quick": args.quick,
+        "command": command,
+        "revision": common.git_revision(),
+        "machine": common.machine(_postgres_version()),
+        "peers": {"pgqueuer": common.package_version("pgqueuer"),
+                  "procrastinate": common.package_version("procrastinate"),
+                  "polling-1s": "a 1 s SELECT … FOR UPDATE SKIP LOCKED loop (bench/peers/polling_peer.py)",
+                  "Kubernetes Jobs": "the control plane of bench.e2e"},
+        "kubetask": common.package_version("kubetask"),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(common.header(meta), flush=True)
+    figures: list[common.Figure] = []
+    keys: dict[str, float] = {}
+    failed: list[str] = []
+
+    def report(figure: common.Figure) -> None:
+        figures.append(figure)
+        ratios = ", ".join(f"{r:.2f}x {peer}" for peer, r in figure.ratios.items())
+        met = "" if figure.met is None else (" [target met]" if figure.met else " [target MISSED]")
+        print(f"  {figure.name}: {figure.ours:,.2f} {figure.unit}"
+              + (f" ({ratios})" if ratios else "") + met, flush=True)
+
+    for part in args.only or PARTS:
+        if importlib.util.find_spec(f"bench.{part}") is None:
+            print(f"\n[{part}] skipped: bench/{part}.py does not exist yet", flush=True)
+            continue
+        print(f"\n[{part}]", flush=True)
+        began = time.monotonic()
+        try:
+            module = importlib.import_module(f"bench.{part}")
+            keys.update(module.measure(args.quick, report))
+        except Exception:
+            traceback.print_exc()
+            failed.append(part)
+        print(f"[{part}] {time.monotonic() - began:.0f} s", flush=True)
+        meta[f"{part}_seconds"] = round(time.monotonic() - began, 1)
+
+    peers = sorted({peer for figure in figures for peer in figure.peers},
+                   key=lambda p: list(meta["peers"]).index(p) if p in meta["peers"] else 99)
+    print("\n" + common.header(meta))
+    print(common.table(figures, peers))
+    for figure in figures:
+        if figure.note:
+            print(f"- {figure.name}: {figure.note}")
+    meta["failed_parts"] = failed
+    common.write_json(args.output / "latest.json", keys, figures, meta)
+    common.write_png(args.output / "latest.png", figures,
+                     f"kubetask vs peers ({'quick' if args.quick else 'full'}; {meta['machine']['cores']} cores, "
+                     f"{meta['machine']['cpu_model']}) — {command}")
+    print(f"\nwrote {args.output / 'latest.json'} and {args.output / 'latest.png'}")
+    if failed:
+        print(f"FAILED parts: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
