@@ -63,5 +63,8 @@ bench-quick: binaries
 ## kind, kind-down: the real thing on kind (needs Docker; see mk/kind.mk)
 include mk/kind.mk
 
+## chaos, chaos-quick: the soak (10,000 / 1,000 tasks) under worker kills and restarts of everything
+include mk/chaos.mk
+
 clean: cluster-down
 	rm -rf $(STATE) $(VENV)
