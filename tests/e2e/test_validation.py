@@ -22,6 +22,18 @@ def _with(**spec: Any) -> dict[str, Any]:
     return manifest
 
 
+def _meta(**metadata: Any) -> dict[str, Any]:
+    manifest = copy.deepcopy(BASE)
+    manifest["metadata"].update(metadata)
+    return manifest
+
+
+def _without_spec() -> dict[str, Any]:
+    manifest = copy.deepcopy(BASE)
+    del manifest["spec"]
+    return manifest
+
+
 def _without_type() -> dict[str, Any]:
     manifest = copy.deepcopy(BASE)
     manifest["spec"] = {"payload": {}}
@@ -50,6 +62,18 @@ CASES = [
     ("zero timeout", _with(timeoutSeconds=0), "spec.timeoutSeconds"),
     ("queue not a DNS label", _with(queue="Emails_Q"), "spec.queue"),
     ("negative ttl", _with(ttlSecondsAfterFinished=-1), "spec.ttlSecondsAfterFinished"),
+    ("no spec at all", _without_spec(), "spec: Required value"),
+    ("type null", _with(type=None), "spec.type"),
+    ("type a number", _with(type=42), "spec.type"),
+    ("priority a float", _with(priority=1.5), "spec.priority"),
+    ("backoff not an object", _with(backoff="fast"), "spec.backoff"),
+    ("timeout a string", _with(timeoutSeconds="10s"), "spec.timeoutSeconds"),
+    ("delay over a year", _with(delaySeconds=31_536_001), "spec.delaySeconds"),
+    ("ttl a string", _with(ttlSecondsAfterFinished="1h"), "spec.ttlSecondsAfterFinished"),
+    ("queue over 63 characters", _with(queue="q" * 64), "spec.queue"),
+    ("name over 253 characters", _meta(name="n" * 254), "metadata.name"),
+    ("name with capitals", _meta(name="Bad"), "metadata.name"),
+    ("label value over 63 characters", _meta(labels={"team": "x" * 64}), "metadata.labels"),
 ]
 
 
@@ -62,6 +86,16 @@ def test_bad_manifest_is_refused_naming_the_field(e2e: Stack, namespace: str, ma
     assert result.returncode != 0, f"accepted: {body}"
     assert message in result.stderr, result.stderr
     assert e2e.plane.kubectl("get", "task", "bad", "-n", namespace, check=False).returncode != 0
+
+
+def test_names_labels_and_queue_at_their_limits_are_accepted(e2e: Stack, namespace: str) -> None:
+    body = copy.deepcopy(BASE)
+    body["metadata"].update(name="n" * 253, namespace=namespace, labels={"team": "x" * 63})
+    body["spec"].update(queue="q" * 63, type="t" * 253, maxRetries=100, priority=1000)
+    e2e.plane.kubectl("apply", "-f", "-", input=json.dumps(body))
+    # Accepted, and visibly waiting: no pool serves that queue.
+    status = e2e.wait_phase(namespace, "n" * 253, "Queued")["status"]
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["WorkerPool"] == "NoWorkerPool"
 
 
 def test_a_good_manifest_gets_the_defaults(control_plane: controlplane.ControlPlane, e2e: Stack, namespace: str) -> None:
