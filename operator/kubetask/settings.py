@@ -15,6 +15,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Self
 
+import psycopg.conninfo
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +37,11 @@ class _EnvSettings(BaseModel):
         return ENV_PREFIX + field.upper()
 
     @classmethod
+    def _secret(cls, field: str) -> bool:
+        extra = cls.model_fields[field].json_schema_extra
+        return isinstance(extra, dict) and extra.get("secret") is True
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         """Build from ``environ`` (default ``os.environ``); unset variables keep their defaults."""
         environ = os.environ if environ is None else environ
@@ -51,14 +57,28 @@ class _EnvSettings(BaseModel):
             for item in error.errors():
                 field = str(item["loc"][0]) if item["loc"] else ""
                 variable = cls.env_name(field) if field in cls.model_fields else cls.__name__
-                problems.append(f"{variable}={environ.get(variable, '')!r}: {item['msg']}")
+                shown = "<hidden>" if field in cls.model_fields and cls._secret(field) else repr(environ.get(variable, ""))
+                if variable not in environ:
+                    shown = "<unset>"
+                problems.append(f"{variable}={shown}: {item['msg']}")
             raise SettingsError("invalid environment: " + "; ".join(problems)) from None
 
 
 class DatabaseSettings(_EnvSettings):
-    url: str = Field(json_schema_extra={"env": "DATABASE_URL"})
+    url: str = Field(json_schema_extra={"env": "DATABASE_URL", "secret": True})
     """PostgreSQL connection URL (``postgresql://user:password@host:port/db``), from ``DATABASE_URL``.
     Required: there is no sensible default for where the queue lives."""
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _parseable(cls, value: str) -> str:
+        try:
+            psycopg.conninfo.conninfo_to_dict(value)
+        except psycopg.ProgrammingError:
+            # psycopg's message quotes the string, which may hold a password: say what is expected instead.
+            raise ValueError("not a PostgreSQL connection URL; expected postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+                             ) from None
+        return value
 
 
 class WorkerSettings(_EnvSettings):

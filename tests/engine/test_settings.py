@@ -39,3 +39,17 @@ def test_every_field_is_documented() -> None:
     for model in (settings.DatabaseSettings, settings.WorkerSettings):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
+
+
+@pytest.mark.parametrize("url", ["not a url s3cret", "postgresql://u:s3cret@h:5432/d?sslmode=bogus x"])
+def test_bad_database_url_names_the_variable_and_hides_its_value(url: str) -> None:
+    with pytest.raises(settings.SettingsError) as err:
+        settings.DatabaseSettings.from_env({"DATABASE_URL": url})
+    message = str(err.value)
+    assert "DATABASE_URL=<hidden>" in message and "postgresql://USER:PASSWORD@HOST:5432/DATABASE" in message
+    assert "s3cret" not in message
+
+
+def test_missing_database_url_says_it_is_unset() -> None:
+    with pytest.raises(settings.SettingsError, match="DATABASE_URL=<unset>"):
+        settings.OperatorSettings.from_env({})
