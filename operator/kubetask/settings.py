@@ -124,6 +124,13 @@ class WorkerSettings(_EnvSettings):
     Default 64 KiB: the result is mirrored into the Task status, stored in etcd; put bigger
     results in object storage and return a reference."""
 
+    max_memory_mb: int | None = Field(default=None, ge=16)
+    """Resident memory, in MiB, above which the worker recycles itself (``KUBETASK_MAX_MEMORY_MB``):
+    after the task that crossed it, it stops claiming, lets running tasks finish (or hands them back)
+    and exits 0, so the pod restarts it with fresh memory. Default unset: handlers that leak (caches
+    that never evict, C extensions) would otherwise grow until the OOM killer ends the pod mid-task.
+    Set it below the container's memory limit."""
+
     @pydantic.field_validator("handler_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:

@@ -289,6 +289,16 @@ class _Slot:
     """The handler is done: the slot counts as idle while its outcome is being recorded."""
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (not its peak), in MiB."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
 class Worker:
     def __init__(self, config: settings.WorkerSettings, database: settings.DatabaseSettings,
                  stop: asyncio.Event, registry: handlers.Registry) -> None:
@@ -460,6 +470,19 @@ class Worker:
         finally:
             del self._slots[task.id]
             self._free(slot)
+            self._check_memory(task)
+
+    def _check_memory(self, task: store.ClaimedTask) -> None:
+        """Recycle the process once it holds more memory than allowed (a leaking handler is contained)."""
+        limit = self.config.max_memory_mb
+        if limit is None or self.stop.is_set():
+            return
+        rss = resident_mb()
+        if rss > limit:
+            logger.warning("recycling: resident memory %.0f MiB is over KUBETASK_MAX_MEMORY_MB=%d after %s; "
+                           "finishing running tasks and exiting so the pod restarts this worker",
+                           rss, limit, _label(task))
+            self.stop.set()
 
     def _free(self, slot: _Slot) -> None:
         """The handler is done: its slot may take a new task (even before the outcome is written)."""

@@ -46,3 +46,23 @@ def test_hanging_handler_times_out_and_the_worker_keeps_serving(unruly: Stack, n
     assert [h["outcome"] for h in status["history"]] == ["timeout"]
     unruly.apply(task(namespace, "echo", "next", queue=QUEUE))
     unruly.wait_phase(namespace, "next", "Succeeded", timeout=60)
+
+
+def test_leaking_handler_recycles_the_worker_and_nothing_is_lost(e2e: Stack, namespace: str) -> None:
+    """Over KUBETASK_MAX_MEMORY_MB the worker finishes, exits 0 and is restarted with fresh memory."""
+    queue = "leaky"
+    e2e.add_pool(queue, min_replicas=1, max_replicas=1, concurrency=1,
+                 extra_env={"KUBETASK_HANDLERS": "tests.faults.handlers", "PYTHONPATH": str(ROOT),
+                            "KUBETASK_MAX_MEMORY_MB": "160"})
+    try:
+        e2e.apply(*[task(namespace, "leak", f"leak{i}", queue=queue, payload={"bytes": 60_000_000})
+                    for i in range(4)])
+        items = e2e.wait_all(namespace, ("Succeeded",), 4, timeout=120)
+        owners = {e2e.attempts(t["metadata"]["uid"])[0]["lease_owner"] for t in items}
+        assert len(owners) >= 2, "the worker never recycled"
+        assert all(len(e2e.attempts(t["metadata"]["uid"])) == 1 for t in items), "a task ran twice"
+        log = "".join(p.read_text(errors="replace")
+                      for p in (e2e.plane.state_dir / "logs" / "pods").glob(f"kubetask-system_kubetask-worker-{queue}-*"))
+        assert "recycling: resident memory" in log
+    finally:
+        e2e.remove_pool(queue)
