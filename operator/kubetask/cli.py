@@ -412,7 +412,42 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as err:
         print(f"kubetask {args.command}: {err}", file=sys.stderr)
         return err.code
+    except Exception as err:  # the API server's or PostgreSQL's answer, said plainly
+        message, exit_code = _explain(err)
+        if message is None:
+            raise
+        print(f"kubetask {args.command}: {message}", file=sys.stderr)
+        return exit_code
     return code
+
+
+def _explain(err: Exception) -> tuple[str | None, int]:
+    """A one-line message and exit code for the failures users meet, or (None, _) to show the traceback."""
+    import kubernetes
+    import psycopg
+    import urllib3
+
+    if isinstance(err, kubernetes.client.ApiException):
+        try:
+            detail = json.loads(err.body or "{}").get("message") or err.reason
+        except ValueError:
+            detail = err.reason
+        if err.status == 404:
+            return f"{detail}", EXIT_NOT_FOUND
+        if err.status == 409:
+            return f"{detail}: choose another --name, or delete the existing Task first", EXIT_FAILED
+        if err.status in (401, 403):
+            return f"{detail}: your kubeconfig's user may not do this (kubectl auth can-i)", EXIT_FAILED
+        if err.status == 422:
+            return f"refused by the API server: {detail}", EXIT_USAGE
+        return f"the API server answered {err.status}: {detail}", EXIT_FAILED
+    if isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError)):
+        return f"cannot reach the Kubernetes API server ({err}); check KUBECONFIG and the cluster", EXIT_FAILED
+    if isinstance(err, kubernetes.config.ConfigException):
+        return f"no usable Kubernetes credentials ({err}); set KUBECONFIG or run inside a pod", EXIT_USAGE
+    if isinstance(err, psycopg.OperationalError):
+        return f"cannot reach PostgreSQL ({str(err).splitlines()[0]}); check DATABASE_URL", EXIT_FAILED
+    return None, EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -122,3 +122,14 @@ def test_python_client_submit_and_wait(e2e: Stack, namespace: str) -> None:
     finally:
         api.close()
 
+
+
+def test_errors_are_one_line_with_an_exit_code(e2e: Stack, namespace: str, tmp_path: pathlib.Path) -> None:
+    cli(e2e, "submit", "echo", "-n", namespace, "--name", "taken")
+    again = cli(e2e, "submit", "echo", "-n", namespace, "--name", "taken")
+    assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "missing"), "DATABASE_URL": "postgresql://x@127.0.0.1:1/db"}
+    no_cluster = subprocess.run([KUBETASK, "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert no_cluster.returncode == 2 and "KUBECONFIG" in no_cluster.stderr and "Traceback" not in no_cluster.stderr
+    no_db = subprocess.run([KUBETASK, "stats"], env=env, capture_output=True, text=True, timeout=60)
+    assert no_db.returncode == 1 and "cannot reach PostgreSQL" in no_db.stderr and "Traceback" not in no_db.stderr
