@@ -259,9 +259,7 @@ class Bench:
         pg: postgres.PostgresServer | None = None
         try:
             pg = postgres.PostgresServer.start(work / "postgres" / "data")
-            with psycopg.connect(pg.dsn(), autocommit=True) as admin:
-                admin.execute("CREATE DATABASE kubetask_bench")
-            dsn = pg.dsn("kubetask_bench")
+            dsn = pg.create_database("kubetask_bench")
             devstack.DevStack.install(plane, dsn)
             warm = devstack.worker_deployment(POOL, min_replicas=WORKERS, max_replicas=WORKERS,
                                               concurrency=CONCURRENCY)

@@ -134,9 +134,7 @@ def task(namespace: str, type_: str, name: str | None = None, **spec: Any) -> di
 @pytest.fixture(scope="session")
 def stack(control_plane: controlplane.ControlPlane, pg_server: postgres.PostgresServer,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        admin.execute("CREATE DATABASE kubetask_e2e")
-    dsn = pg_server.dsn("kubetask_e2e")
+    dsn = pg_server.create_database("kubetask_e2e")
     devstack.DevStack.install(control_plane, dsn)
     result = Stack(control_plane, dsn, tmp_path_factory.mktemp("operator"))
     result.add_pool("default", max_replicas=3, scale_down_delay=3)

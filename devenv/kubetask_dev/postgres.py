@@ -27,6 +27,8 @@ import subprocess
 import time
 from typing import Any
 
+import psycopg
+
 SYSTEM_USER = "kubetask-pg"
 SUPERUSER = "postgres"
 
@@ -105,6 +107,19 @@ class PostgresServer:
         server = cls(data_dir=data_dir, port=port)
         server.wait_ready()
         return server
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create database ``name`` (a plain identifier), cloned from ``template`` if given; return its DSN."""
+        if not name.isidentifier():
+            raise ValueError(f"database name {name!r} must be a plain identifier")
+        clause = ""
+        if template is not None:
+            if not template.isidentifier():
+                raise ValueError(f"template name {template!r} must be a plain identifier")
+            clause = f" TEMPLATE {template}"
+        with psycopg.connect(self.dsn(), autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}{clause}")  # type: ignore[arg-type]  # checked identifiers
+        return self.dsn(name)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

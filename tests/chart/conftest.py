@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
 from kubetask_dev import binaries, controlplane, devstack, podrunner, postgres
@@ -153,10 +152,7 @@ class Release:
 def install(plane: controlplane.ControlPlane, pg_server: postgres.PostgresServer, namespace: str,
             *extra: str, crds: bool = False) -> Release:
     """A fresh database and its Secret in ``namespace``, then ``helm install`` with a pool of its own queue."""
-    dbname = "chart_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {dbname}")
-    dsn = pg_server.dsn(dbname)
+    dsn = pg_server.create_database("chart_" + uuid.uuid4().hex[:10])
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kubetask-db", "namespace": namespace},
               "stringData": {"url": dsn}}
     plane.kubectl("apply", "-f", "-", input=json.dumps(secret))

@@ -244,20 +244,24 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
             for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
 
 
+#: What the operator may do in each namespace it serves: nothing on Secrets, no pod deletes.
+OPERATOR_RULES = {
+    ("kubetask.io", "tasks"): {"get", "list", "watch", "patch", "delete"},
+    ("kubetask.io", "tasks/status"): {"patch", "update"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch"},
+    ("apps", "deployments/scale"): {"get", "patch", "update"},
+    ("", "pods"): {"get", "list", "patch"},
+}
+
+
 def test_cluster_wide_operator_rbac_is_least_privilege() -> None:
     objects = render(*DB)
     (role,) = of_kind(objects, "ClusterRole")
     assert of_kind(objects, "Role") == []
     assert _rules(role) == {
-        ("kubetask.io", "tasks"): {"get", "list", "watch", "patch", "delete"},
-        ("kubetask.io", "tasks/status"): {"patch", "update"},
-        ("", "events"): {"create", "patch"},
-        ("events.k8s.io", "events"): {"create", "patch"},
-        ("apps", "deployments"): {"get", "list", "watch"},
-        ("apps", "deployments/scale"): {"get", "patch", "update"},
-        ("", "pods"): {"get", "list", "patch"},
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    }
+        **OPERATOR_RULES, ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
     (binding,) = of_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetask-operator",
                                     "namespace": "kubetask-system"}]
@@ -268,15 +272,7 @@ def test_namespaced_operator_gets_a_role_per_namespace() -> None:
     roles = {role["metadata"]["namespace"]: role for role in of_kind(objects, "Role")}
     assert sorted(roles) == ["kt", "team-a"]
     for role in roles.values():
-        assert _rules(role) == {
-            ("kubetask.io", "tasks"): {"get", "list", "watch", "patch", "delete"},
-            ("kubetask.io", "tasks/status"): {"patch", "update"},
-            ("", "events"): {"create", "patch"},
-            ("events.k8s.io", "events"): {"create", "patch"},
-            ("apps", "deployments"): {"get", "list", "watch"},
-            ("apps", "deployments/scale"): {"get", "patch", "update"},
-            ("", "pods"): {"get", "list", "patch"},
-        }
+        assert _rules(role) == OPERATOR_RULES
     (cluster_role,) = of_kind(objects, "ClusterRole")
     assert set(_rules(cluster_role)) == {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
     assert all(verbs <= {"get", "list", "watch"} for verbs in _rules(cluster_role).values())

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import psycopg
 import pytest
 from kubetask_dev.postgres import PostgresServer
 
@@ -39,20 +38,13 @@ async def _migrate(dsn: str) -> None:
 
 @pytest.fixture(scope="session")
 def template_dsn(pg_server: PostgresServer) -> str:
-    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {TEMPLATE}")
-    asyncio.run(_migrate(pg_server.dsn(TEMPLATE)))
-    return pg_server.dsn(TEMPLATE)
+    dsn = pg_server.create_database(TEMPLATE)
+    asyncio.run(_migrate(dsn))
+    return dsn
 
 
 def create_database(server: PostgresServer, template: str | None) -> str:
-    name = f"test_{next(_numbers)}"
-    with psycopg.connect(server.dsn("postgres"), autocommit=True) as admin:
-        if template is None:
-            admin.execute(f"CREATE DATABASE {name}")
-        else:
-            admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    return server.dsn(name)
+    return server.create_database(f"test_{next(_numbers)}", template)
 
 
 @pytest.fixture

@@ -109,9 +109,7 @@ def run(count: int, seed: int, state: pathlib.Path) -> audit.Report:
     killer: audit.WorkerKiller | None = None
     try:
         pg = postgres.PostgresServer.start(state / "postgres" / "data")
-        with psycopg.connect(pg.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE kubetask_chaos")
-        dsn = pg.dsn("kubetask_chaos")
+        dsn = pg.create_database("kubetask_chaos")
         devstack.DevStack.install(plane, dsn)
         stack = Stack(plane, dsn, state / "operator")
         stack.start_operator()
