@@ -74,6 +74,8 @@ class Runtime:
     pools: dict[tuple[str, str], Pool] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     leading: bool = False
+    background: set[asyncio.Future[None]] = dataclasses.field(default_factory=set)
+    """Fire-and-forget Event posts, held so they are not garbage-collected mid-flight."""
     pools_listed: bool = False
     """True once the pool Deployments have been seen: before that "no pool" would be a guess."""
     seen_uids: set[str] = dataclasses.field(default_factory=set)
@@ -211,8 +213,14 @@ def _register_pool(body: dict[str, Any], deleted: bool = False) -> None:
         policy = scaling.policy_from(
             f"{key[0]}/{key[1]}", meta.get("labels", {})[kube.POOL_LABEL], dict(meta.get("annotations") or {}))
     except scaling.PolicyError as err:
-        log.error("%s", err)
-        rt.pools.pop(key, None)
+        # A bad edit must not cost the pool its scaling: keep the last good policy, and say why on the Deployment.
+        kept = rt.pools.get(key)
+        log.error("%s%s", err, "; keeping the previous policy" if kept else "; the pool is not scaled until fixed")
+        if meta.get("uid"):
+            posted = asyncio.ensure_future(_pool_event(
+                key[0], key[1], meta["uid"], f"{err}{'; keeping the previous policy' if kept else ''}"))
+            rt.background.add(posted)
+            posted.add_done_callback(rt.background.discard)
         return
     selector = dict(body.get("spec", {}).get("selector", {}).get("matchLabels") or {})
     replicas = int(body.get("spec", {}).get("replicas") or 0)
@@ -223,6 +231,14 @@ def _register_pool(body: dict[str, Any], deleted: bool = False) -> None:
     else:
         existing.policy, existing.selector, existing.replicas = policy, selector, replicas
     rt.scale_wake.set()
+
+
+async def _pool_event(namespace: str, name: str, uid: str, message: str) -> None:
+    try:
+        await _runtime().kube.post_event(namespace, name, uid, "BadPoolPolicy", message, warning=True,
+                                         kind="Deployment", api_version="apps/v1")
+    except Exception as err:  # an Event is a courtesy; the log has the message too
+        log.debug("event for Deployment %s/%s: %s", namespace, name, err)
 
 
 async def _list_pools() -> None:

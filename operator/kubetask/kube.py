@@ -188,13 +188,14 @@ class Kube:
                     break
         return uids
 
-    async def post_event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False) -> None:
-        """A core/v1 Event on the Task, as ``kubectl describe task`` shows them."""
+    async def post_event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False,
+                         kind: str = model.KIND, api_version: str = model.API_VERSION) -> None:
+        """A core/v1 Event on the Task (or another object), as ``kubectl describe`` shows them."""
         self.writes += 1
         now = datetime.datetime.now(datetime.timezone.utc)
         body = {
             "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
-            "involvedObject": {"apiVersion": model.API_VERSION, "kind": model.KIND, "name": name,
+            "involvedObject": {"apiVersion": api_version, "kind": kind, "name": name,
                                "namespace": namespace, "uid": uid},
             "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
             "source": {"component": "kubetask-operator"}, "reportingComponent": "kubetask.io/operator",

@@ -103,3 +103,29 @@ def test_busy_pods_are_spared_at_scale_in(e2e: Stack, namespace: str) -> None:
         assert done["status"]["worker"] == busy_pod
     finally:
         e2e.remove_pool(queue)
+
+
+def test_a_bad_pool_annotation_keeps_the_last_good_policy_and_says_why(e2e: Stack, namespace: str) -> None:
+    queue = "typo"
+    e2e.add_pool(queue, max_replicas=2, scale_down_delay=1)
+    deployment = f"kubetask-worker-{queue}"
+    try:
+        e2e.apply(task(namespace, "echo", "served", queue=queue))
+        e2e.wait_phase(namespace, "served", "Succeeded", timeout=60)  # the operator knows the good policy
+        e2e.plane.kubectl("annotate", "deployment", deployment, "-n", "kubetask-system",
+                          "kubetask.io/max-replicas=ten", "--overwrite")
+
+        def reasons() -> str | None:
+            out = e2e.plane.kubectl("get", "events", "-n", "kubetask-system", "--field-selector",
+                                    f"involvedObject.name={deployment}", "-o",
+                                    "jsonpath={range .items[*]}{.reason}: {.message}{'\\n'}{end}").stdout
+            return out if "BadPoolPolicy" in out else None
+
+        message = devstack.wait_for(reasons, 20, "a BadPoolPolicy Event on the Deployment")
+        assert "kubetask.io/max-replicas='ten' is not an integer" in message
+        assert "keeping the previous policy" in message
+        # The pool still scales with its previous policy: work on its queue gets done.
+        e2e.apply(task(namespace, "echo", "still-served", queue=queue))
+        e2e.wait_phase(namespace, "still-served", "Succeeded", timeout=60)
+    finally:
+        e2e.remove_pool(queue)
