@@ -308,7 +308,7 @@ def _dead_letter(args: argparse.Namespace) -> int:
 def _operator(args: argparse.Namespace) -> int:
     import kopf
 
-    from kubetask import controller, settings
+    from kubetask import controller, settings, store
 
     try:
         config = settings.OperatorSettings.from_env()
@@ -316,6 +316,16 @@ def _operator(args: argparse.Namespace) -> int:
         print(f"kubetask operator: bad configuration: {err}", file=sys.stderr)
         return EXIT_USAGE
     del controller  # imported for its kopf handlers
+    # Before kopf starts: kopf would retry a failing start-up handler for ever, silently to
+    # `kubectl get pods`. Waiting here and then exiting shows as CrashLoopBackOff with the reason.
+    log = logging.getLogger("kubetask.operator")
+    try:
+        asyncio.run(store.wait_until_reachable(
+            config.database.url, config.database.wait_seconds,
+            lambda error, delay: log.warning("waiting for PostgreSQL (%s); retrying in %.1fs", error, delay)))
+    except store.DatabaseUnreachable as err:
+        print(f"kubetask operator: {err}", file=sys.stderr)
+        return EXIT_FAILED
     namespaces = config.namespaces
     # Standalone: replicas elect their leader through PostgreSQL (see controller), not kopf peering.
     kopf.run(

@@ -69,6 +69,12 @@ class DatabaseSettings(_EnvSettings):
     """PostgreSQL connection URL (``postgresql://user:password@host:port/db``), from ``DATABASE_URL``.
     Required: there is no sensible default for where the queue lives."""
 
+    wait_seconds: float = Field(default=60.0, ge=0, json_schema_extra={"env": "KUBETASK_DATABASE_WAIT_SECONDS"})
+    """Seconds the operator and workers wait at start for PostgreSQL to accept a connection before
+    exiting 1 with a message naming the host and what to check (``KUBETASK_DATABASE_WAIT_SECONDS``).
+    Default 60: rides out a database started alongside kubetask; a wrong host or password then shows
+    as CrashLoopBackOff with the reason in the logs. Outages after start are retried for ever."""
+
     @pydantic.field_validator("url")
     @classmethod
     def _parseable(cls, value: str) -> str:

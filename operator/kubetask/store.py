@@ -38,15 +38,18 @@ are ours to record, get each NUL replaced by the visible ``\\x00``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import importlib.resources
 import random
 import re
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, LiteralString
 
 import psycopg
+import psycopg.conninfo
 from psycopg.rows import TupleRow, class_row
 from psycopg.types.json import Jsonb
 
@@ -357,6 +360,56 @@ async def _one(conn: Conn, query: LiteralString, params: Mapping[str, Any]) -> t
 async def connect(dsn: str, application_name: str = "kubetask") -> Conn:
     """An autocommit connection: LISTEN works and each statement commits by itself."""
     return await psycopg.AsyncConnection.connect(dsn, autocommit=True, application_name=application_name)
+
+
+class DatabaseUnreachable(Exception):
+    """PostgreSQL did not accept a connection within the start-up wait; the message says what to check."""
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/dbname`` of a connection URL, never its password."""
+    parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    host = str(parts.get("host") or "localhost")
+    port = str(parts.get("port") or "5432")
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    return f"{user}{host}:{port}/{parts.get('dbname') or ''}"
+
+
+async def wait_until_reachable(dsn: str, timeout: float,
+                               on_retry: Callable[[str, float], None] | None = None) -> None:
+    """Return once PostgreSQL accepts a connection; raise ``DatabaseUnreachable`` after ``timeout`` s.
+
+    A pod that starts before its database (a fresh install, a database being
+    restarted) waits instead of crash-looping at once; one that can never
+    reach it (a wrong host, port or password) exits after the wait, so
+    Kubernetes shows CrashLoopBackOff and the logs say what to fix.
+    Retries back off from 0.2 s to 5 s; ``on_retry(error, delay)`` is told
+    each failure.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        attempt_timeout = max(1, min(10, int(deadline - time.monotonic()) + 1))
+        try:
+            conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=attempt_timeout,
+                                                         application_name="kubetask-probe")
+        except psycopg.OperationalError as error:
+            # psycopg's message names host, port and user and never the password.
+            reason = " ".join(str(error).split()) or type(error).__name__
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnreachable(
+                    f"cannot reach PostgreSQL at {describe_dsn(dsn)} after {timeout:g} s: {reason}. "
+                    "Check DATABASE_URL (host, port, database, user and password) and that the server "
+                    "is up and accepts connections from this pod; KUBETASK_DATABASE_WAIT_SECONDS sets "
+                    "how long to wait at start."
+                ) from None
+            if on_retry is not None:
+                on_retry(reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            await conn.close()
+            return
 
 
 async def listen_queue(conn: Conn) -> None:

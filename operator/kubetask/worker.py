@@ -647,8 +647,9 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 def main() -> int:
     """Entry point of a worker process: settings from the environment, stop on SIGTERM/SIGINT.
 
-    Returns the exit status: 0 after a graceful stop, 2 when the settings or a
-    handler module are wrong.
+    Returns the exit status: 0 after a graceful stop, 1 when PostgreSQL is not
+    reachable within ``KUBETASK_DATABASE_WAIT_SECONDS`` of start, 2 when the
+    settings or a handler module are wrong.
     """
     logging.basicConfig(level=os.environ.get("KUBETASK_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -659,6 +660,13 @@ def main() -> int:
     except (settings.SettingsError, handlers.HandlerModuleError) as error:
         logger.error("%s", error)
         return 2
+    try:
+        run_loop(store.wait_until_reachable(
+            database.url, database.wait_seconds,
+            lambda error, delay: logger.warning("waiting for PostgreSQL (%s); retrying in %.1fs", error, delay)))
+    except store.DatabaseUnreachable as error:
+        logger.error("%s", error)
+        return 1
     abandoned = run_loop(_serve(config, database, registry))
     if abandoned:
         # Interpreter exit would wait for those threads; their tasks are already handed back.
