@@ -32,14 +32,20 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
+import pathlib
+import re
 import statistics
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from kubetask import settings
+
 ENTRY_POINT_GROUP = "kubetask.handlers"
 HANDLERS_ENV = "KUBETASK_HANDLERS"
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
 
 
 class PermanentError(Exception):
@@ -72,10 +78,36 @@ class Context:
     """Set when the attempt is abandoned (timeout, Task deleted, shutdown): a
     long-running plain-function handler should check it and return, since its
     thread cannot be stopped from outside."""
+    secrets_dir: pathlib.Path = settings.DEFAULT_SECRETS_DIR
+    """Where the pool's Secrets are mounted, one directory per Secret (``KUBETASK_SECRETS_DIR``)."""
 
     @property
     def task(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def secret(self, name: str, key: str) -> str:
+        """The value of ``key`` in the Secret ``name`` mounted on this worker pool.
+
+        The pattern for credentials: a payload is readable by anyone who can
+        read Tasks, so it carries the *name* of a Secret, and the handler reads
+        the value here. Workers have no Kubernetes credentials; the pool's
+        ``secrets`` (chart values) mounts each listed Secret read-only at
+        ``<secrets_dir>/<name>/<key>``, so the pool's owner decides which
+        Secrets its Tasks may use. A name that is not mounted is a
+        ``PermanentError`` (retrying cannot mount it).
+        """
+        if not _SECRET_NAME.fullmatch(name or ""):
+            raise PermanentError(f"{name!r} is not a Secret name (lowercase letters, digits, '-' and '.')")
+        if not _SECRET_KEY.fullmatch(key or "") or key in {".", ".."}:
+            raise PermanentError(f"{key!r} is not a Secret key (letters, digits, '-', '_' and '.')")
+        path = self.secrets_dir / name / key
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            raise PermanentError(
+                f"Secret {name!r} (key {key!r}) is not mounted on the {self.queue!r} worker pool (no {path}); "
+                f"add {name!r} to that pool's `secrets` in the chart values, or name a Secret it mounts"
+            ) from None
 
 
 Handler = Callable[[dict[str, Any], Context], Any] | Callable[[dict[str, Any], Context], Awaitable[Any]]
@@ -200,6 +232,10 @@ async def email(payload: dict[str, Any], ctx: Context) -> Any:
 
     The message id is derived from the Task's uid, as a real sender would use
     it as an idempotency key so that a retried send is not a second email.
+
+    ``payload.credentials`` (optional) shows how a handler uses a secret: it is
+    the *name* of a Secret with keys ``username`` and ``password``, mounted on
+    the pool (``ctx.secret``); the result says which user sent, never the password.
     """
     recipients = payload.get("to")
     if isinstance(recipients, str):
@@ -209,9 +245,16 @@ async def email(payload: dict[str, Any], ctx: Context) -> Any:
     subject = payload.get("subject")
     if not isinstance(subject, str) or not subject:
         raise PermanentError("payload.subject must be a non-empty string")
+    sent_as = None
+    if "credentials" in payload:
+        sent_as = ctx.secret(str(payload["credentials"]), "username")
+        ctx.secret(str(payload["credentials"]), "password")  # a real sender logs in with it here
     await asyncio.sleep(_number(payload, "delay_seconds", 0.02))
     digest = hashlib.sha256(ctx.uid.encode()).hexdigest()[:20]
-    return {"message_id": f"<{digest}@kubetask.local>", "to": recipients, "subject": subject}
+    result = {"message_id": f"<{digest}@kubetask.local>", "to": recipients, "subject": subject}
+    if sent_as is not None:
+        result["sent_as"] = sent_as
+    return result
 
 
 @register("image")

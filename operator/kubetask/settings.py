@@ -11,6 +11,7 @@ the user wrote.
 from __future__ import annotations
 
 import os
+import pathlib
 import socket
 from collections.abc import Mapping
 from typing import Any, Self
@@ -20,6 +21,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 ENV_PREFIX = "KUBETASK_"
+DEFAULT_SECRETS_DIR = pathlib.Path("/var/run/secrets/kubetask")
+"""Where the chart mounts a pool's ``secrets``: ``<dir>/<secret name>/<key>``."""
 
 
 class SettingsError(ValueError):
@@ -136,6 +139,11 @@ class WorkerSettings(_EnvSettings):
     and exits 0, so the pod restarts it with fresh memory. Default unset: handlers that leak (caches
     that never evict, C extensions) would otherwise grow until the OOM killer ends the pod mid-task.
     Set it below the container's memory limit."""
+
+    secrets_dir: pathlib.Path = DEFAULT_SECRETS_DIR
+    """Directory where the pool's Secrets are mounted, one subdirectory per Secret, read by handlers
+    through ``ctx.secret(name, key)`` (``KUBETASK_SECRETS_DIR``). Default ``/var/run/secrets/kubetask``,
+    where the chart mounts a pool's ``secrets``."""
 
     @pydantic.field_validator("handler_modules", mode="before")
     @classmethod

@@ -436,6 +436,7 @@ class Worker:
         ctx = handlers.Context(
             uid=task.uid, namespace=task.namespace, name=task.name, type=task.type, queue=task.queue,
             attempt=task.attempt, attempt_in_budget=task.attempt_in_budget, max_retries=task.max_retries,
+            secrets_dir=self.config.secrets_dir,
         )
         slot = _Slot(task=task, ctx=ctx)
         self._slots[task.id] = slot

@@ -182,6 +182,23 @@ def test_worker_pool_labels_annotations_and_environment() -> None:
     assert env["KUBETASK_SHUTDOWN_TIMEOUT_SECONDS"]["value"] == "55"
 
 
+def test_a_pools_secrets_are_mounted_read_only_where_ctx_secret_reads_them() -> None:
+    from kubetask import settings
+
+    objects = render(*DB, *POOL, "--set", "pools[0].secrets={smtp-credentials,image-store}",
+                     "--set", "pools[1].name=plain")
+    by_pool = {w["metadata"]["labels"]["kubetask.io/pool"]: w["spec"]["template"]["spec"] for w in _workers(objects)}
+    spec = by_pool["default"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    for secret in ("smtp-credentials", "image-store"):
+        mount = mounts[str(settings.DEFAULT_SECRETS_DIR / secret)]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["secret"] == {"secretName": secret}
+    assert [m["mountPath"] for m in by_pool["plain"]["containers"][0]["volumeMounts"]] == ["/tmp"]
+    assert "/pools/0/secrets/0': 'Not_A_Name' does not match" in render_error(*DB, *POOL, "--set", "pools[0].secrets={Not_A_Name}")
+
+
 def test_a_pool_can_use_its_own_image() -> None:
     objects = render(*DB, *POOL, "--set", "pools[0].image.repository=registry.example.com/myapp",
                      "--set", "pools[0].image.tag=1.2.3", "--set", "pools[1].name=plain")

@@ -254,3 +254,36 @@ async def test_worker_reconnects_after_its_connections_are_killed(conn: store.Co
     assert row is not None and row[0] == 2, "the listener and the work connection"
     await store.admit(conn, [second])
     await wait_state(conn, wait_until, second.uid, "succeeded")
+
+
+async def test_a_handler_reads_a_secret_named_by_the_payload_never_storing_it(
+        conn: store.Conn, start_worker: StartWorker, new_task, wait_until, tmp_path) -> None:
+    # What the chart does for a pool with `secrets: [smtp-credentials]`: one directory per Secret.
+    mounted = tmp_path / "secrets" / "smtp-credentials"
+    mounted.mkdir(parents=True)
+    (mounted / "username").write_text("mailer@example.com\n")
+    (mounted / "password").write_text("hunter2-not-in-postgres")
+    tasks = {
+        "mounted": new_task(type="email", payload={"to": "a@example.com", "subject": "Hi",
+                                                   "credentials": "smtp-credentials"}),
+        "not mounted": new_task(type="email", payload={"to": "a@example.com", "subject": "Hi",
+                                                       "credentials": "other-team-smtp"}, max_retries=3),
+        "traversal": new_task(type="email", payload={"to": "a@example.com", "subject": "Hi",
+                                                     "credentials": "../../etc"}, max_retries=3),
+    }
+    await start_worker(secrets_dir=tmp_path / "secrets")
+    await store.admit(conn, list(tasks.values()))
+    rows = await wait_final(conn, wait_until, [t.uid for t in tasks.values()])
+    got = {key: rows[task.uid] for key, task in tasks.items()}
+
+    assert got["mounted"].state == "succeeded" and got["mounted"].result["sent_as"] == "mailer@example.com"
+    missing = got["not mounted"]
+    assert (missing.state, missing.attempts) == ("dead_letter", 1), "retrying cannot mount a Secret"
+    assert missing.last_error is not None
+    assert "Secret 'other-team-smtp' (key 'username') is not mounted on the 'default' worker pool" in \
+        missing.last_error["message"] and "pool's `secrets`" in missing.last_error["message"]
+    assert got["traversal"].state == "dead_letter"
+    assert "is not a Secret name" in got["traversal"].last_error["message"]
+    everything = await (await conn.execute("SELECT t::text FROM kubetask_tasks t")).fetchall()
+    everything += await (await conn.execute("SELECT a::text FROM kubetask_attempts a")).fetchall()
+    assert not any("hunter2" in row[0] for row in everything), "the secret value reached PostgreSQL"
