@@ -97,7 +97,9 @@ ORDER BY held.id;
 -- task becomes running with a lease, and its attempt row is inserted. The
 -- two halves touch disjoint rows (running vs queued/retrying).
 -- Always returns at least one row; the claim columns are NULL when nothing
--- was claimed.
+-- was claimed. %(limit)s is written into the text as a literal by
+-- store._claim_with_limit, not bound, so the plan cache keeps one cheap
+-- generic plan per limit instead of replanning every call on a big table.
 WITH incoming AS (
     -- done_results is one JSON array (one encoding for the whole batch), zipped with the ids.
     SELECT *
