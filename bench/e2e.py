@@ -108,9 +108,15 @@ class Api:
             return json.loads(resp.data) if resp.data else None
         raise AssertionError("unreachable")
 
-    def create_many(self, path: str, bodies: list[bytes], threads: int = CREATORS) -> list[float]:
-        """POST every body from ``threads`` concurrent clients; the wall-clock time each was *sent*."""
+    def create_many(self, path: str, bodies: list[bytes], threads: int = CREATORS,
+                    acked: list[float] | None = None) -> list[float]:
+        """POST every body from ``threads`` concurrent clients; the wall-clock time each was *sent*.
+
+        ``acked``, if given, is filled with the time each create's response arrived.
+        """
         sent = [0.0] * len(bodies)
+        if acked is not None:
+            acked[:] = [0.0] * len(bodies)
         index = iter(range(len(bodies)))
         lock = threading.Lock()
 
@@ -122,6 +128,8 @@ class Api:
                     return
                 sent[i] = time.time()
                 self.request("POST", path, bodies[i], ok=(201,))
+                if acked is not None:
+                    acked[i] = time.time()
 
         with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="creator") as pool:
             for future in [pool.submit(run) for _ in range(threads)]:
@@ -254,13 +262,16 @@ class Bench:
     work: pathlib.Path
 
     @classmethod
-    def start(cls, work: pathlib.Path, nodes: int) -> "Bench":
+    def start(cls, work: pathlib.Path, nodes: int, before_operator: Callable[[controlplane.ControlPlane], None] | None = None) -> "Bench":
+        """Everything up; ``before_operator`` runs once the CRD is installed, before the operator starts."""
         plane = controlplane.ControlPlane.start(work / "cluster", nodes=nodes)
         pg: postgres.PostgresServer | None = None
         try:
             pg = postgres.PostgresServer.start(work / "postgres" / "data")
             dsn = pg.create_database("kubetask_bench")
             devstack.DevStack.install(plane, dsn)
+            if before_operator is not None:
+                before_operator(plane)
             warm = devstack.worker_deployment(POOL, min_replicas=WORKERS, max_replicas=WORKERS,
                                               concurrency=CONCURRENCY)
             plane.kubectl("apply", "-f", "-", input=json.dumps(warm))
@@ -385,6 +396,29 @@ def _background_rate(api: Api, seconds: float = 4.0) -> float:
 # -- figure 2: end to end ----------------------------------------------------------------
 
 
+def run_create_ceiling(plane: controlplane.ControlPlane, n: int) -> float:
+    """Task creates alone, before the operator runs: the API server's ceiling for the e2e throughput.
+
+    The same creators and bodies as ``run_tasks``, with nothing else on the
+    machine reacting to them, so no operator can finish Tasks faster than
+    this. The namespace is deleted (and gone) before the operator starts,
+    so these Tasks are never admitted.
+    """
+    ns = "bench-ceiling"
+    api = Api(plane)
+    api.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": ns}}, ok=(201,))
+    plane.wait_default_serviceaccount(ns)
+    path = f"/apis/kubetask.io/v1alpha1/namespaces/{ns}/tasks"
+    api.create_many(path, [task_body(f"warm{i}") for i in range(50)])  # connections, caches
+    t0 = time.monotonic()
+    api.create_many(path, [task_body(f"c{i:05d}") for i in range(n)])
+    rate = n / (time.monotonic() - t0)
+    api.http.clear()
+    plane.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=300s")
+    return rate
+
+
 def run_tasks(b: Bench, n: int, background: float) -> dict[str, Any]:
     ns = b.namespace("bench-tasks")
     path = f"/apis/kubetask.io/v1alpha1/namespaces/{ns}/tasks"
@@ -396,7 +430,8 @@ def run_tasks(b: Bench, n: int, background: float) -> dict[str, Any]:
     before = b.api.write_counts()
     cpu_before = cpu_by_component()
     t0 = time.monotonic()
-    sent = b.api.create_many(path, bodies)
+    acked: list[float] = []
+    sent = b.api.create_many(path, bodies, acked=acked)
     create_s = time.monotonic() - t0
     tracker.wait("Succeeded", n, 600, watch)
     cpu = _cpu_note(cpu_before, cpu_by_component(), time.monotonic() - t0)
@@ -422,6 +457,7 @@ def run_tasks(b: Bench, n: int, background: float) -> dict[str, Any]:
     return {
         "n": n, "tasks_per_s": n / wall, "wall_s": wall, "create_s": create_s,
         "running_p50": percentile(running, 50), "running_p99": percentile(running, 99),
+        "create_p50": percentile([(a - t) * 1000 for a, t in zip(acked, sent)], 50),
         "succeeded_p50": percentile(done, 50), "succeeded_p99": percentile(done, 99),
         "running_from_db": from_db, "writes_per_unit": total_writes / n,
         "breakdown": _breakdown(writes, n), "phases": dict(tracker.count), "cpu": cpu,
@@ -602,7 +638,10 @@ def measure(quick: bool, report: Callable[[Figure], None], sizes: Sizes | None =
     with tempfile.TemporaryDirectory(prefix="kubetask-bench-e2e-") as tmp:
         work = pathlib.Path(tmp)
         _log(f"starting the control plane ({nodes} kwok nodes), PostgreSQL and the operator in {work}")
-        b = Bench.start(work, nodes)
+        ceiling: list[float] = []
+        b = Bench.start(work, nodes, before_operator=(
+            (lambda plane: ceiling.append(run_create_ceiling(plane, sizes.tasks)))
+            if "e2e" in phases else None))
         try:
             b.wait_warm()
             background = _background_rate(b.api)
@@ -619,7 +658,7 @@ def measure(quick: bool, report: Callable[[Figure], None], sizes: Sizes | None =
                 if sizes.jobs:
                     jobs = run_jobs(b, sizes.jobs, background)
                     _log(f"jobs: {jobs}")
-                    keys.update(_report_e2e(report, command, tasks, jobs, background))
+                    keys.update(_report_e2e(report, command, tasks, jobs, background, ceiling[0]))
             if "zero" in phases:
                 zero = run_scale_from_zero(b, sizes.scale_reps)
                 keys.update(_report_zero(report, command, zero))
@@ -637,7 +676,7 @@ def measure(quick: bool, report: Callable[[Figure], None], sizes: Sizes | None =
 
 
 def _report_e2e(report: Callable[[Figure], None], command: str, tasks: dict[str, Any], jobs: dict[str, Any],
-                background: float) -> dict[str, float]:
+                background: float, ceiling: float) -> dict[str, float]:
     setup = (f"{WORKERS} warm worker pods × {CONCURRENCY} slots; {CREATORS} concurrent API creators for both; "
              f"{tasks['n']} Tasks (echo), then {jobs['n']} Jobs (one no-op pod each, completed by kwok) on the "
              "same control plane; times are client-side: create sent → phase delivered by a watch")
@@ -647,11 +686,19 @@ def _report_e2e(report: Callable[[Figure], None], command: str, tasks: dict[str,
         f"{setup}; first create sent → last Succeeded/Complete; the creates alone took {tasks['create_s']:.2f} s "
         f"(Tasks) and {jobs['create_s']:.2f} s (Jobs). CPU by process, Tasks: {tasks['cpu']}; Jobs: {jobs['cpu']}",
         command=command, target=">= 20x Kubernetes Jobs", met=ratio >= 20))
+    report(Figure(
+        "e2e: the API server's ceiling, Task creates alone", "tasks/s", ceiling, {},
+        f"{tasks['n']} Tasks created by the same {CREATORS} creators before the operator started (nothing "
+        f"reacting to them, namespace deleted before it did): no operator can finish Tasks faster. "
+        f"kubetask end to end reaches {tasks['tasks_per_s'] / ceiling:.0%} of it; 20x the Jobs would need "
+        f"{20 * jobs['jobs_per_s']:,.0f} Tasks/s, {20 * jobs['jobs_per_s'] / ceiling:.1f}x the ceiling",
+        command=command))
     coalesced = (f"{tasks['running_from_db']}/{tasks['n']} Tasks never showed Running on the watch (the mirror "
                  "coalesced it away): for those, Running = the first attempt's started_at in PostgreSQL")
     report(Figure(
         "e2e: apply → Running p50 (warm pool, in the burst)", "ms", tasks["running_p50"], {},
-        f"p99 {tasks['running_p99']:.0f} ms; {coalesced}. Without a burst ({tasks['paced']['n']} Tasks created "
+        f"p99 {tasks['running_p99']:.0f} ms, of which the create request itself (sent → 201 received) "
+        f"took p50 {tasks['create_p50']:.0f} ms in the burst; {coalesced}. Without a burst ({tasks['paced']['n']} Tasks created "
         f"one every 100 ms): apply → Running p50 {tasks['paced']['running_p50']:.0f} ms "
         f"({tasks['paced']['shown_running']} showed Running on the watch), apply → claimed by a worker "
         f"(started_at) p50 {tasks['paced']['claimed_p50']:.0f} ms, apply → Succeeded p50 "
@@ -672,8 +719,11 @@ def _report_e2e(report: Callable[[Figure], None], command: str, tasks: dict[str,
         "e2e_tasks_per_s": tasks["tasks_per_s"],
         "e2e_jobs_per_s": jobs["jobs_per_s"],
         "e2e_vs_jobs": ratio,
+        "e2e_create_ceiling_tasks_per_s": ceiling,
+        "e2e_vs_create_ceiling": tasks["tasks_per_s"] / ceiling,
         "apply_to_running_p50_ms": tasks["running_p50"],
         "apply_to_running_p99_ms": tasks["running_p99"],
+        "create_request_p50_ms_in_burst": tasks["create_p50"],
         "apply_to_succeeded_p50_ms": tasks["succeeded_p50"],
         "paced_apply_to_running_p50_ms": tasks["paced"]["running_p50"],
         "paced_apply_to_succeeded_p50_ms": tasks["paced"]["succeeded_p50"],
