@@ -8,13 +8,20 @@ and writes ``bench/results/latest.json`` and ``bench/results/latest.png``.
 
 Each part runs in its own try: a part that fails is reported (and the exit
 status is 1) but does not lose the figures of the other.
+
+With ``--only``, the figures and keys of the parts not run are kept from the
+``latest.json`` already there, and this run is listed under
+``meta.partial_runs`` (command, revision, time, machine load), so one part
+can be measured again without losing, or mislabelling, the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
+import json
 import pathlib
 import signal
 import subprocess
@@ -25,7 +32,7 @@ from typing import Any
 
 from bench import common
 
-PARTS = ("engine", "e2e")
+PARTS = ("engine", "e2e", "retention")
 
 
 def _postgres_version() -> str:
@@ -101,15 +108,38 @@ def main(argv: list[str] | None = None) -> int:
         if figure.note:
             print(f"- {figure.name}: {figure.note}")
     meta["failed_parts"] = failed
+    if args.only:
+        keys, figures, meta = _merge_previous(args.output / "latest.json", keys, figures, meta)
     common.write_json(args.output / "latest.json", keys, figures, meta)
+    partial = "".join(f" + {run['command']}" for run in meta.get("partial_runs", []))
     common.write_png(args.output / "latest.png", figures,
-                     f"kubetask vs peers ({'quick' if args.quick else 'full'}; {meta['machine']['cores']} cores, "
-                     f"{meta['machine']['cpu_model']}) — {command}")
+                     f"kubetask vs peers ({'quick' if meta['quick'] else 'full'}; {meta['machine']['cores']} cores, "
+                     f"{meta['machine']['cpu_model']}) — {meta['command']}{partial}")
     print(f"\nwrote {args.output / 'latest.json'} and {args.output / 'latest.png'}")
     if failed:
         print(f"FAILED parts: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _merge_previous(path: pathlib.Path, keys: dict[str, float], figures: list[common.Figure],
+                    meta: dict[str, Any]) -> tuple[dict[str, float], list[common.Figure], dict[str, Any]]:
+    """This partial run's keys and figures on top of the previous full run's (see the module docstring)."""
+    if not path.exists():
+        return keys, figures, meta
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    old_meta = previous.pop("meta", {})
+    old_figures = previous.pop("figures", [])
+    names = {figure.name for figure in figures}
+    fields = {field.name for field in dataclasses.fields(common.Figure)}
+    kept = [common.Figure(**{k: v for k, v in figure.items() if k in fields})
+            for figure in old_figures if figure["name"] not in names]
+    merged_keys = {k: float(v) for k, v in previous.items() if v is not None and k not in keys}
+    merged_meta = dict(old_meta)
+    merged_meta["partial_runs"] = [run for run in old_meta.get("partial_runs", []) if run["command"] != meta["command"]]
+    merged_meta["partial_runs"].append({k: meta[k] for k in ("command", "revision", "started_at", "quick", "failed_parts")}
+                                       | {"load_average_at_start": meta["machine"]["load_average_at_start"]})
+    return {**merged_keys, **keys}, kept + figures, merged_meta
 
 
 if __name__ == "__main__":

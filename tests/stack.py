@@ -44,11 +44,14 @@ class Stack:
     dsn: str
     log_dir: pathlib.Path
     operator: subprocess.Popen[bytes] | None = None
+    metrics_port: int = dataclasses.field(default_factory=postgres.free_port)
+    """The operator's /metrics port, kept across its restarts (workers share this host: none is fixed)."""
 
     # -- operator ---------------------------------------------------------------------
 
     def start_operator(self) -> None:
-        self.operator = devstack.DevStack.start_operator(self.plane, self.dsn, self.log_dir, FAST_OPERATOR_ENV)
+        self.operator = devstack.DevStack.start_operator(
+            self.plane, self.dsn, self.log_dir, {**FAST_OPERATOR_ENV, "KUBETASK_METRICS_PORT": str(self.metrics_port)})
 
     def stop_operator(self, kill: bool = False) -> None:
         if self.operator is None:

@@ -37,6 +37,8 @@ def worker_deployment(queue: str, *, namespace: str = NAMESPACE, min_replicas: i
         {"name": "KUBETASK_QUEUE", "value": queue},
         {"name": "KUBETASK_CONCURRENCY", "value": str(concurrency)},
         {"name": "KUBETASK_SHUTDOWN_TIMEOUT_SECONDS", "value": str(max(1, grace - 5))},
+        # People read these logs (.dev/logs/pods/); the product's default is JSON for a log pipeline.
+        {"name": "KUBETASK_LOG_FORMAT", "value": "text"},
     ]
     env += [{"name": k, "value": v} for k, v in (extra_env or {}).items()]
     return {
@@ -92,8 +94,9 @@ class DevStack:
         kubetask = pathlib.Path(sys.executable).parent / "kubetask"
         proc = subprocess.Popen(
             [str(kubetask), "operator"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "KUBECONFIG": str(plane.kubeconfig), "DATABASE_URL": dsn,
-                 **(env or {})},
+            # Text for people (.dev/logs/operator.log) unless the caller or the shell chose a format.
+            env={"KUBETASK_LOG_FORMAT": "text", **os.environ, "KUBECONFIG": str(plane.kubeconfig),
+                 "DATABASE_URL": dsn, **(env or {})},
             start_new_session=True,
         )
         log.close()

@@ -38,12 +38,17 @@ class CliError(Exception):
         self.code = code
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+PROCESSES = ("operator", "worker")
+"""Commands that run a kubetask process: they log JSON unless KUBETASK_LOG_FORMAT says otherwise."""
+
+
+def _configure_logging(command: str, level: str | None) -> None:
+    """One log format for the whole process (``kubetask.logs``), from ``settings.LogSettings``."""
+    from kubetask import logs, settings
+
+    chosen = settings.LogSettings.from_env()
+    default = "json" if command in PROCESSES else "text"
+    logs.configure(chosen.format or default, level or chosen.level)
 
 
 # -- formatting --------------------------------------------------------------------------
@@ -355,7 +360,8 @@ def _crd(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kubetask", description="A Kubernetes-native task queue.",
                                   epilog="Exit codes: 0 ok, 1 task failed or error, 2 usage, 3 not found, 4 timeout.")
-    top.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
+    top.add_argument("--log-level", choices=["debug", "info", "warning", "error"], type=str.lower,
+                     help="lowest level logged (default: KUBETASK_LOG_LEVEL, or info)")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], help: str, ns: bool = True,
@@ -413,7 +419,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    try:
+        _configure_logging(args.command, args.log_level)
+    except ValueError as err:  # settings.SettingsError: names the variable
+        print(f"kubetask {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     if getattr(args, "command", None) == "history" and not args.name and not args.uid:
         print("kubetask history: give a Task NAME or --uid", file=sys.stderr)
         return EXIT_USAGE

@@ -15,8 +15,10 @@ mirror    rows whose ``version`` is ahead of ``mirrored_version`` (the outbox)
 scaler    queue depth per pool → ``deployments/scale``; marks busy pods with a
           high ``pod-deletion-cost`` before a scale-in so idle pods go first.
 rescuer   expired leases → lost attempt → retry or dead letter.
-cleaner   ``ttlSecondsAfterFinished`` deletions, and cancelling rows whose
-          Task was deleted while the operator was down.
+cleaner   ``ttlSecondsAfterFinished`` deletions, cancelling rows whose
+          Task was deleted while the operator was down, and the history
+          retention (``history_retention_days``, ``history_keep_last``):
+          finished rows deleted in bounded batches, oldest first.
 
 Replicas: every replica watches and admits (admission, cancellation and
 retries are idempotent in SQL), but only the leader runs mirror, scaler,
@@ -28,6 +30,10 @@ as soon as it notices (its loops could not do anything useful anyway).
 
 Because PostgreSQL rows carry the facts and NOTIFY only wakes readers, a
 restart loses nothing: the loops resume from the rows.
+
+Metrics (``KUBETASK_METRICS_PORT``, see ``kubetask.metrics``): the loops bump
+counters; the database figures are read by the leader when it is scraped
+(``_refresh_metrics``), never in a loop of their own.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import kopf
 import psycopg
 import pydantic
 
-from kubetask import kube, model, scaling, settings, status, store
+from kubetask import kube, logs, metrics, model, scaling, settings, status, store
 
 log = logging.getLogger("kubetask.operator")
 
@@ -60,6 +66,8 @@ class Pool:
     policy: scaling.PoolPolicy
     replicas: int
     state: scaling.PoolState = dataclasses.field(default_factory=scaling.PoolState)
+    pods: int | None = None
+    """Pods that exist and are not terminating, at the scaler's last look (for the metrics)."""
 
 
 @dataclasses.dataclass
@@ -80,6 +88,19 @@ class Runtime:
     """True once the pool Deployments have been seen: before that "no pool" would be a guess."""
     seen_uids: set[str] = dataclasses.field(default_factory=set)
     admitted_events: int = 0
+    meters: metrics.OperatorMetrics = dataclasses.field(init=False)
+    metrics_endpoint: metrics.Endpoint | None = None
+    metrics_conn: psycopg.AsyncConnection[Any] | None = None
+    """The leader's connection for the metrics' database figures, opened at the first scrape."""
+    metrics_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.meters = metrics.OperatorMetrics(leading=lambda: self.leading, pools=self.pool_facts,
+                                              api_writes=lambda: self.kube.writes_by_kind)
+
+    def pool_facts(self) -> list[metrics.PoolFacts]:
+        return [metrics.PoolFacts(pool.namespace, pool.deployment, pool.policy.queue, pool.replicas, pool.pods)
+                for pool in list(self.pools.values())]
 
 
 RUNTIME: Runtime | None = None
@@ -143,6 +164,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
     RUNTIME = rt = Runtime(config=config, kube=kube.Kube(max_concurrency=config.api_concurrency))
+    if config.metrics_port is not None:
+        try:
+            rt.metrics_endpoint = await metrics.serve(rt.meters.registry, config.metrics_port,
+                                                      before_scrape=_refresh_metrics)
+        except metrics.EndpointError as err:
+            raise kopf.PermanentError(str(err)) from None
     rt.tasks = [
         asyncio.create_task(_forever("listener", _listen), name="kubetask-listener"),
         asyncio.create_task(_forever("admitter", _admitter), name="kubetask-admitter"),
@@ -162,6 +189,10 @@ async def cleanup(**_: Any) -> None:
         task.cancel()
     await asyncio.gather(*rt.tasks, return_exceptions=True)
     await rt.kube.close()
+    if rt.metrics_endpoint is not None:
+        await rt.metrics_endpoint.close()
+    if rt.metrics_conn is not None:
+        await rt.metrics_conn.close()
     log.info("stopped after %d Kubernetes API writes", rt.kube.writes)
     RUNTIME = None
 
@@ -194,7 +225,13 @@ async def task_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     if token and phase in (model.Phase.DEAD_LETTER.value, model.Phase.SUCCEEDED.value):
         revived = await _with_conn(lambda conn: store.retry_dead(conn, uid, token))
         if revived:
-            log.info("Task %s/%s re-queued by %s=%s", meta.get("namespace"), meta.get("name"), model.RETRY_ANNOTATION, token)
+            log.info("Task %s/%s re-queued by %s=%s", meta.get("namespace"), meta.get("name"), model.RETRY_ANNOTATION, token,
+                     extra=logs.about(meta.get("namespace"), meta.get("name"), uid))
+        elif await _with_conn(lambda conn: store.get_task(conn, uid)) is None:
+            log.warning("Task %s/%s cannot be retried: PostgreSQL has no row for it (its history was deleted by "
+                        "the history retention, or the Task was refused at admission); delete and re-create "
+                        "the Task to run it again", meta.get("namespace"), meta.get("name"),
+                        extra=logs.about(meta.get("namespace"), meta.get("name"), uid))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={kube.POOL_LABEL: kopf.PRESENT})
@@ -384,7 +421,7 @@ async def _admitter(conn: psycopg.AsyncConnection[Any]) -> None:
                 refused.append((raw, reason))
         try:
             if new:
-                await store.admit(conn, list(new.values()))
+                rt.meters.admitted.inc(await store.admit(conn, list(new.values())))
         except psycopg.OperationalError:
             for item in batch:
                 rt.admissions.put_nowait(item)
@@ -397,7 +434,7 @@ async def _admitter(conn: psycopg.AsyncConnection[Any]) -> None:
             pending = list(new.items())
             for index, (uid, task) in enumerate(pending):
                 try:
-                    await store.admit(conn, [task])
+                    rt.meters.admitted.inc(await store.admit(conn, [task]))
                 except psycopg.OperationalError:
                     for rest, _ in pending[index:]:
                         rt.admissions.put_nowait((raws[rest], time.monotonic()))
@@ -406,7 +443,8 @@ async def _admitter(conn: psycopg.AsyncConnection[Any]) -> None:
                     refused.append((raws[uid], f"PostgreSQL refused the Task: {type(single).__name__}: {single}"))
         for raw, reason in refused:
             meta = raw["metadata"]
-            log.warning("Task %s/%s refused: %s", meta["namespace"], meta["name"], reason)
+            log.warning("Task %s/%s refused: %s", meta["namespace"], meta["name"], reason,
+                        extra=logs.about(meta["namespace"], meta["name"], meta["uid"]))
             now = datetime.datetime.now(datetime.timezone.utc)
             try:
                 await rt.kube.patch_task_status(meta["namespace"], meta["name"], meta["uid"],
@@ -429,7 +467,8 @@ async def _mirror(conn: psycopg.AsyncConnection[Any]) -> None:
             except (kube.NotFound, kube.Conflict):
                 return (row.id, row.version, row.state)  # the Task is gone: nothing left to mirror
             except Exception as err:
-                log.warning("status of %s/%s: %s", row.namespace, row.name, err)
+                log.warning("status of %s/%s: %s", row.namespace, row.name, err,
+                            extra=logs.about(row.namespace, row.name, str(row.uid)))
                 return None
             await _post_transition_events(rt, row)
             return (row.id, row.version, row.state)
@@ -464,7 +503,7 @@ async def _post_transition_events(rt: Runtime, row: Any) -> None:
                 f"`kubectl annotate task {name} {model.RETRY_ANNOTATION}=$(date +%s) --overwrite` runs it again",
                 warning=True)
     except Exception as event_err:  # an Event is a courtesy: never block the mirror on it
-        log.debug("event for %s/%s: %s", ns, name, event_err)
+        log.debug("event for %s/%s: %s", ns, name, event_err, extra=logs.about(ns, name, uid))
 
 
 async def _scaler(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -480,6 +519,7 @@ async def _scaler(conn: psycopg.AsyncConnection[Any]) -> None:
                 if pool.selector:
                     pods = await rt.kube.pods(pool.namespace, pool.selector)
                     live = {p.name for p in pods if not p.terminating}
+                    pool.pods = len(live)
                     busy = {pod: n for pod, n in busy.items() if pod in live}
                 load = scaling.Load(ready=depth.ready if depth else 0, running=depth.running if depth else 0,
                                     busy_pods=len(busy))
@@ -516,13 +556,18 @@ async def _rescuer(conn: psycopg.AsyncConnection[Any]) -> None:
     while True:
         rescued = await store.rescue_expired(conn, limit=500)
         for item in rescued:
-            log.warning("rescued %s", item)
+            log.warning("task %s/%s (uid %s) attempt %d: the lease of worker pod %s expired; %s", item.namespace,
+                        item.name, item.uid, item.attempt, item.worker_pod,
+                        "dead letter" if item.state == "dead_letter" else f"retrying at {item.run_at.isoformat()}",
+                        extra=logs.about(item.namespace, item.name, item.uid))
+            rt.meters.lease_expiries.labels(item.queue, item.state).inc()
         await asyncio.sleep(rt.config.rescue_interval_seconds * (0.8 + 0.4 * random.random()))
 
 
 async def _cleaner(conn: psycopg.AsyncConnection[Any]) -> None:
     rt = _runtime()
     last_sweep = 0.0
+    last_retention: float | None = None
     while True:
         for uid, namespace, name in await store.expired_ttl(conn, limit=500):
             try:
@@ -538,7 +583,68 @@ async def _cleaner(conn: psycopg.AsyncConnection[Any]) -> None:
             cancelled = await store.cancel_missing(conn, live, admitted_before=listed_at)
             if cancelled:
                 log.info("cancelled %d task(s) whose Task object was deleted while the operator was away", cancelled)
+        if last_retention is None or time.monotonic() - last_retention > rt.config.history_retention_interval_seconds:
+            last_retention = time.monotonic()
+            await _retention_pass(rt, conn)
         await asyncio.sleep(rt.config.cleaner_interval_seconds)
+
+
+async def _retention_pass(rt: Runtime, conn: psycopg.AsyncConnection[Any]) -> None:
+    """Delete the finished history the retention settings let go, in bounded batches.
+
+    A Task object whose row goes is left as it is: its status already shows how
+    it ended, it is never admitted again (only Pending Tasks are), and nothing
+    else reads it from PostgreSQL except ``kubetask history``, which then says
+    there is none.
+    """
+    config = rt.config
+    cutoff = await store.history_cutoff(conn, retention_days=config.history_retention_days,
+                                        keep_last=config.history_keep_last)
+    if cutoff is None:
+        return
+    began, deleted = time.monotonic(), 0
+    while True:
+        batch = await store.delete_history(conn, cutoff, config.history_retention_batch_size)
+        deleted += batch
+        if batch < config.history_retention_batch_size:
+            break
+    if deleted:
+        log.info("history retention: deleted %d finished task(s) that finished before %s, in %.1fs",
+                 deleted, cutoff.isoformat(), time.monotonic() - began)
+
+
+METRICS_QUERY_TIMEOUT_SECONDS = 3.0
+"""Longest a scrape waits for the database figures (Prometheus gives up on a scrape after 10 s by default)."""
+
+
+async def _refresh_metrics() -> None:
+    """Before a scrape: the leader re-reads the database figures, at most once per ``metrics.REFRESH_SECONDS``.
+
+    A standby reports none (the leader does), and a failed refresh leaves none
+    rather than stale ones; the scrape answers either way.
+    """
+    rt = _runtime()
+    meters = rt.meters
+    if not rt.leading:
+        meters.database, meters.refreshed_at = None, None
+        return
+    async with rt.metrics_lock:
+        if meters.refreshed_at is not None and time.monotonic() - meters.refreshed_at < metrics.REFRESH_SECONDS:
+            return
+        meters.database = None
+        try:
+            async with asyncio.timeout(METRICS_QUERY_TIMEOUT_SECONDS):
+                if rt.metrics_conn is None or rt.metrics_conn.closed:
+                    rt.metrics_conn = await _connect(rt.config.database.url)
+                queues = await store.queue_gauges(rt.metrics_conn)
+                backlog, lag = await store.mirror_lag(rt.metrics_conn)
+        except BaseException:
+            if rt.metrics_conn is not None:
+                await rt.metrics_conn.close()
+                rt.metrics_conn = None
+            raise
+        meters.database = metrics.DatabaseFacts(queues, backlog, lag)
+        meters.refreshed_at = time.monotonic()
 
 
 LEADER_LOOPS.update(mirror=_mirror, scaler=_scaler, rescuer=_rescuer, cleaner=_cleaner)

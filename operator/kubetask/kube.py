@@ -15,6 +15,7 @@ Workers never import this module: they need no Kubernetes credentials.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import datetime
@@ -127,6 +128,12 @@ class Kube:
         self._http = _AsyncHttp(config, max_concurrency)
         self.writes = 0
         """API writes made, for the benchmarks' writes-per-Task figure."""
+        self.writes_by_kind: collections.Counter[str] = collections.Counter()
+        """The same writes by kind (task_status, event, …), for the operator's metrics."""
+
+    def _wrote(self, kind: str) -> None:
+        self.writes += 1
+        self.writes_by_kind[kind] += 1
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -148,14 +155,14 @@ class Kube:
 
     async def patch_task_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
         """Merge-patch the status subresource; the uid precondition skips a re-created namesake."""
-        self.writes += 1
+        self._wrote("task_status")
         body = {"metadata": {"uid": uid}, "status": status}
         path = (f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{_quote(namespace)}/{model.PLURAL}/"
                 f"{_quote(name)}/status")
         await self._http.request("PATCH", path, body, "application/merge-patch+json")
 
     async def delete_task(self, namespace: str, name: str, uid: str) -> None:
-        self.writes += 1
+        self._wrote("task_delete")
         await self._call(
             self.custom.delete_namespaced_custom_object,
             model.GROUP, model.VERSION, namespace, model.PLURAL, name,
@@ -191,7 +198,7 @@ class Kube:
     async def post_event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False,
                          kind: str = model.KIND, api_version: str = model.API_VERSION) -> None:
         """A core/v1 Event on the Task (or another object), as ``kubectl describe`` shows them."""
-        self.writes += 1
+        self._wrote("event")
         now = datetime.datetime.now(datetime.timezone.utc)
         body = {
             "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
@@ -219,7 +226,7 @@ class Kube:
         return out
 
     async def scale(self, namespace: str, deployment: str, replicas: int) -> None:
-        self.writes += 1
+        self._wrote("scale")
         await self._call(self.apps.patch_namespaced_deployment_scale, deployment, namespace, {"spec": {"replicas": replicas}})
 
     async def pods(self, namespace: str, selector: dict[str, str]) -> list[PodInfo]:
@@ -239,6 +246,6 @@ class Kube:
         return out
 
     async def set_deletion_cost(self, namespace: str, pod: str, cost: int) -> None:
-        self.writes += 1
+        self._wrote("pod_deletion_cost")
         await self._call(self.core.patch_namespaced_pod, pod, namespace,
                          {"metadata": {"annotations": {DELETION_COST: str(cost)}}})

@@ -14,7 +14,7 @@ import os
 import pathlib
 import socket
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import psycopg.conninfo
 import pydantic
@@ -90,6 +90,26 @@ class DatabaseSettings(_EnvSettings):
         return value
 
 
+class LogSettings(_EnvSettings):
+    """How every kubetask process writes its log lines (``kubetask.logs``)."""
+
+    format: Literal["json", "text"] | None = Field(default=None, json_schema_extra={"env": "KUBETASK_LOG_FORMAT"})
+    """``json`` (one object per line: ts, level, logger, message, and the task it is about) or
+    ``text`` (one line for a person) (``KUBETASK_LOG_FORMAT``). Default unset: json for
+    ``kubetask operator`` and ``kubetask worker``, whose output a log pipeline reads in a
+    container, text for the other commands, which a person reads; ``make dev`` sets text."""
+
+    level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", json_schema_extra={"env": "KUBETASK_LOG_LEVEL"})
+    """Lowest level written (``KUBETASK_LOG_LEVEL``; ``kubetask --log-level`` overrides it). Default
+    info: one line per attempt and per state change worth knowing, nothing per watch event."""
+
+    @pydantic.field_validator("format", "level", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
 class WorkerSettings(_EnvSettings):
     queue: str = "default"
     """Queue this worker pool serves (``KUBETASK_QUEUE``). Default ``default``, the queue a Task
@@ -139,6 +159,11 @@ class WorkerSettings(_EnvSettings):
     and exits 0, so the pod restarts it with fresh memory. Default unset: handlers that leak (caches
     that never evict, C extensions) would otherwise grow until the OOM killer ends the pod mid-task.
     Set it below the container's memory limit."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Prometheus endpoint ``http://0.0.0.0:PORT/metrics`` (``KUBETASK_METRICS_PORT``);
+    0 takes any free port and logs it. Default unset: no endpoint, since several workers on one host
+    (the dev harness, a benchmark) would clash on a fixed port; the chart sets 9090 on every pod."""
 
     secrets_dir: pathlib.Path = DEFAULT_SECRETS_DIR
     """Directory where the pool's Secrets are mounted, one subdirectory per Secret, read by handlers
@@ -212,6 +237,27 @@ class OperatorSettings(_EnvSettings):
     """Seconds between deletions of finished Tasks whose ttlSecondsAfterFinished ran out
     (``KUBETASK_CLEANER_INTERVAL_SECONDS``). Default 5."""
 
+    history_retention_days: float | None = Field(default=None, gt=0)
+    """Days a finished task's history (its row and attempts) is kept in PostgreSQL after it finished
+    (``KUBETASK_HISTORY_RETENTION_DAYS``; fractions allowed, 0.5 = 12 hours). Default unset: keep it
+    for ever, because deleting history cannot be undone and an upgrade must not start doing it
+    unasked. A Task object that still exists keeps its status; a row waiting for its Task's
+    ttlSecondsAfterFinished deletion stays until that deletion."""
+
+    history_keep_last: int | None = Field(default=None, ge=1)
+    """Keep at most this many finished tasks in PostgreSQL, the most recently finished, counted over
+    all queues and namespaces (``KUBETASK_HISTORY_KEEP_LAST``): a cap on the table's size whatever the
+    rate. Default unset: no cap. With both retention settings, a task goes when either rule says so."""
+
+    history_retention_interval_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between retention passes of the leader (``KUBETASK_HISTORY_RETENTION_INTERVAL_SECONDS``).
+    Default 60: history is measured in days; a pass deletes everything due in batches."""
+
+    history_retention_batch_size: int = Field(default=5_000, ge=1, le=100_000)
+    """Most finished tasks deleted by one statement, each its own short transaction
+    (``KUBETASK_HISTORY_RETENTION_BATCH_SIZE``). Default 5,000: a batch holds its row locks for
+    tens of milliseconds, so retention never stalls workers or the mirror."""
+
     orphan_sweep_seconds: float = Field(default=60.0, gt=0)
     """Seconds between sweeps that cancel tasks whose Task object was deleted while the operator was
     down (``KUBETASK_ORPHAN_SWEEP_SECONDS``). Default 60: one LIST of Tasks each time."""
@@ -219,6 +265,11 @@ class OperatorSettings(_EnvSettings):
     admission_events: bool = True
     """Post an ``Admitted`` Event on every Task (``KUBETASK_ADMISSION_EVENTS``). Default true; set false to
     save one API write per Task at high rates (Retrying and DeadLetter Events are always posted)."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Prometheus endpoint ``http://0.0.0.0:PORT/metrics`` (``KUBETASK_METRICS_PORT``),
+    apart from kopf's liveness endpoint; 0 takes any free port and logs it. Default unset: no endpoint;
+    the chart sets 9090."""
 
     @pydantic.field_validator("namespaces", mode="before")
     @classmethod

@@ -162,6 +162,8 @@ class ClaimedTask:
     backoff_jitter: float
     lease_owner: str
     worker_pod: str
+    waited_seconds: float = 0.0
+    """Seconds from when the task was due (``run_at``) to this claim, by the database's clock."""
 
     @property
     def backoff(self) -> retry.Backoff:
@@ -186,6 +188,7 @@ class Rescued:
     """``retrying`` or ``dead_letter``."""
     run_at: datetime.datetime
     message: str
+    queue: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -615,7 +618,7 @@ async def rescue_expired(conn: Conn, limit: int = 100, rng: random.Random | None
     return [
         Rescued(task_id=row.id, uid=row.uid, namespace=row.namespace, name=row.name,
                 attempt=row.attempt, worker_pod=row.worker_pod, lease_owner=row.lease_owner,
-                state=outcome[row.id][0], run_at=outcome[row.id][1], message=message)
+                state=outcome[row.id][0], run_at=outcome[row.id][1], message=message, queue=row.queue)
         for row, _, message in decisions if row.id in outcome
     ]
 
@@ -656,6 +659,36 @@ async def expired_ttl(conn: Conn, limit: int) -> list[tuple[str, str, str]]:
 async def mark_object_deleted(conn: Conn, uid: str) -> None:
     """Record that the Task object was deleted for its TTL, so ``expired_ttl`` no longer lists it."""
     await conn.execute(QUERIES["mark_object_deleted"], {"uid": uid})
+
+
+# -------------------------------------------------------------------- retention
+
+async def history_cutoff(conn: Conn, *, retention_days: float | None,
+                         keep_last: int | None) -> datetime.datetime | None:
+    """The time before which finished tasks may be deleted, or None when none may.
+
+    A finished task goes when it finished more than ``retention_days`` ago, or
+    when it is not among the ``keep_last`` most recently finished tasks (of all
+    queues and namespaces); None switches a rule off. Computed once per
+    retention pass: rows finishing meanwhile only make the cutoff conservative.
+    """
+    if retention_days is None and keep_last is None:
+        return None
+    row = await _one(conn, QUERIES["history_cutoff"], {"retention_days": retention_days, "keep_last": keep_last})
+    cutoff: datetime.datetime | None = row[0]
+    return cutoff
+
+
+async def delete_history(conn: Conn, finished_before: datetime.datetime, limit: int) -> int:
+    """Delete up to ``limit`` finished tasks (and their attempts) that finished before ``finished_before``.
+
+    Oldest first, in one short statement. Never an unfinished task, one whose
+    final status is not mirrored yet, or one whose Task object still waits for
+    its ``ttlSecondsAfterFinished`` deletion. Returns how many tasks went:
+    fewer than ``limit`` means none is left before the cutoff.
+    """
+    cursor = await conn.execute(QUERIES["delete_history"], {"cutoff": finished_before, "limit": limit})
+    return max(cursor.rowcount, 0)
 
 
 # ----------------------------------------------------------------------- mirror
@@ -756,3 +789,32 @@ async def queue_stats(conn: Conn, window_seconds: float = 60.0) -> list[QueueSta
     cursor = conn.cursor(row_factory=class_row(QueueStats))
     await cursor.execute(QUERIES["queue_stats"], {"window_seconds": window_seconds})
     return await cursor.fetchall()
+
+
+# ---------------------------------------------------------------------- metrics
+
+@dataclasses.dataclass(frozen=True)
+class QueueGauges:
+    """One queue's unfinished tasks, for the operator's metrics."""
+
+    queue: str
+    queued: int
+    running: int
+    retrying: int
+    due: int
+    """Queued or retrying and due now: waiting for a worker."""
+    oldest_due_seconds: float
+    """Age of the oldest of those, from when it became due; 0 when none waits."""
+
+
+async def queue_gauges(conn: Conn) -> list[QueueGauges]:
+    """Per queue with unfinished tasks; reads only unfinished rows, through their partial indexes."""
+    cursor = conn.cursor(row_factory=class_row(QueueGauges))
+    await cursor.execute(QUERIES["queue_gauges"])
+    return await cursor.fetchall()
+
+
+async def mirror_lag(conn: Conn) -> tuple[int, float]:
+    """(statuses behind their row, age in seconds of the oldest change not yet mirrored; 0 when none)."""
+    row = await _one(conn, QUERIES["mirror_lag"], {})
+    return int(row[0]), float(row[1])

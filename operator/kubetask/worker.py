@@ -64,6 +64,7 @@ import os
 import random
 import secrets
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
@@ -71,7 +72,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from kubetask import handlers, retry, settings, store
+from kubetask import handlers, logs, metrics, retry, settings, store
 
 logger = logging.getLogger("kubetask.worker")
 
@@ -320,6 +321,9 @@ class Worker:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=2 * config.concurrency, thread_name_prefix="kubetask-handler")
         self._threads: set[concurrent.futures.Future[Any]] = set()
+        self.metrics = metrics.WorkerMetrics(config.queue, config.concurrency, busy=lambda: self._busy,
+                                             known_types=registry.names())
+        self.metrics_endpoint: metrics.Endpoint | None = None
 
     @property
     def _application_name(self) -> str:
@@ -333,6 +337,8 @@ class Worker:
     async def run(self) -> None:
         logger.info("worker %s serves queue %r with %d slots; handlers: %s", self.lease_owner,
                     self.config.queue, self.config.concurrency, ", ".join(self.registry.names()))
+        if self.config.metrics_port is not None:
+            self.metrics_endpoint = await metrics.serve(self.metrics.registry, self.config.metrics_port)
         background = [
             asyncio.create_task(self._listen(), name="kubetask-listen"),
             asyncio.create_task(self._heartbeat(), name="kubetask-heartbeat"),
@@ -352,6 +358,8 @@ class Worker:
             await self._completions.close()
             await self._db.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self.metrics_endpoint is not None:
+                await self.metrics_endpoint.close()
         logger.info("worker %s stopped", self.lease_owner)
 
     # ------------------------------------------------------------------ waking
@@ -431,8 +439,6 @@ class Worker:
                 self._more_work = True
 
     def _start(self, task: store.ClaimedTask) -> None:
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("%s: started (type %s)", _label(task), task.type)
         ctx = handlers.Context(
             uid=task.uid, namespace=task.namespace, name=task.name, type=task.type, queue=task.queue,
             attempt=task.attempt, attempt_in_budget=task.attempt_in_budget, max_retries=task.max_retries,
@@ -441,12 +447,19 @@ class Worker:
         slot = _Slot(task=task, ctx=ctx)
         self._slots[task.id] = slot
         self._busy += 1
+        self.metrics.picked_up(task.waited_seconds)
         slot.runner = asyncio.create_task(self._run_slot(slot), name=f"kubetask-task-{task.id}")
 
     # ----------------------------------------------------------------- running
 
     async def _run_slot(self, slot: _Slot) -> None:
         task = slot.task
+        # Every line logged from here on, the handler's own included, names the task. This asyncio
+        # task has a context of its own (as do the handler's task and thread, copied from it), so
+        # there is nothing to reset.
+        logs.TASK.set(task)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s: started (type %s)", _label(task), task.type)
         started = time.monotonic()
         try:
             try:
@@ -459,6 +472,7 @@ class Worker:
                 if slot.abandoned is None:
                     raise
                 if slot.abandoned == "lost":
+                    self.metrics.attempt(task.type, "discarded")
                     logger.warning("%s: stopped, the lease is no longer ours (Task deleted, or rescued "
                                    "after this worker stalled)", _label(task))
                 return
@@ -531,6 +545,7 @@ class Worker:
     async def _record_success(self, slot: _Slot, value: Any, seconds: float) -> None:
         task = slot.task
         recorded = await self._completions.record(task, value)
+        self.metrics.attempt(task.type, "succeeded" if recorded else "discarded", seconds)
         if recorded:
             if logger.isEnabledFor(logging.INFO):
                 logger.info("%s: succeeded in %.3fs", _label(task), seconds)
@@ -554,6 +569,9 @@ class Worker:
             lambda conn: store.fail(conn, task.id, self.lease_owner, task.attempt, error_type=error_type,
                                     message=message, traceback=trace, outcome=outcome, retry_at=retry_at),
             f"recording the failure of {_label(task)}", patience=self.config.lease_seconds)
+        self.metrics.attempt(task.type, outcome if recorded else "discarded", seconds)
+        if recorded and not isinstance(decision, retry.Retry):
+            self.metrics.dead_lettered(task.type)
         if not recorded:
             logger.warning("%s: failed (%s: %s) but the lease is no longer ours; nothing recorded",
                            _label(task), error_type, message)
@@ -606,7 +624,9 @@ class Worker:
             lambda conn: store.hand_back(conn, ids, self.lease_owner),
             "handing back tasks", patience=self.config.lease_seconds)
         for slot in handing_back:
-            logger.warning("%s: still running at shutdown; handed back to the queue", _label(slot.task))
+            self.metrics.attempt(slot.task.type, "handed_back")
+            logger.warning("%s: still running at shutdown; handed back to the queue", _label(slot.task),
+                           extra=logs.attempt(slot.task))
         if moved != len(ids):
             logger.warning("handed back %d of %d tasks; the others were no longer ours", moved, len(ids))
         if self.abandoned_threads:
@@ -650,10 +670,15 @@ def main() -> int:
 
     Returns the exit status: 0 after a graceful stop, 1 when PostgreSQL is not
     reachable within ``KUBETASK_DATABASE_WAIT_SECONDS`` of start, 2 when the
-    settings or a handler module are wrong.
+    settings or a handler module are wrong, or the metrics port is taken.
     """
-    logging.basicConfig(level=os.environ.get("KUBETASK_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        log_settings = settings.LogSettings.from_env()
+    except settings.SettingsError as error:
+        print(f"kubetask worker: {error}", file=sys.stderr)
+        return 2
+    if not logs.configured():  # `kubetask worker` has configured it already (with --log-level)
+        logs.configure(log_settings.format or "json", log_settings.level)
     try:
         config = settings.WorkerSettings.from_env()
         database = settings.DatabaseSettings.from_env()
@@ -668,7 +693,11 @@ def main() -> int:
     except store.DatabaseUnreachable as error:
         logger.error("%s", error)
         return 1
-    abandoned = run_loop(_serve(config, database, registry))
+    try:
+        abandoned = run_loop(_serve(config, database, registry))
+    except metrics.EndpointError as error:
+        logger.error("%s", error)
+        return 2
     if abandoned:
         # Interpreter exit would wait for those threads; their tasks are already handed back.
         logging.shutdown()

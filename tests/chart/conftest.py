@@ -163,6 +163,9 @@ def install(plane: controlplane.ControlPlane, pg_server: postgres.PostgresServer
         "--set", f"operator.namespaces={{{namespace}}}",
         # The harness runs every operator pod on this machine: each needs a port of its own.
         "--set", f"operator.livenessProbe.port={postgres.free_port()}",
+        # …and the chart's one metrics port would be shared by the operator and the workers here (pods of a
+        # cluster each have their own address); tests/e2e/test_metrics.py scrapes the processes instead.
+        "--set", "metrics.enabled=false",
         "--set", f"pools[0].name={queue}",
         *extra,
     ]

@@ -43,7 +43,8 @@ def test_helm_lint_strict_passes(values: tuple[str, ...]) -> None:
 def test_renders_with_the_defaults_plus_a_database() -> None:
     """The defaults need one value (where the database URL lives); with it, everything renders."""
     kinds = sorted({obj["kind"] for obj in render(*DB)})
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service",
+                     "ServiceAccount"]
 
 
 @pytest.mark.parametrize(("setting", "key"), [
@@ -329,7 +330,7 @@ def test_bundled_postgresql() -> None:
     (statefulset,) = of_kind(objects, "StatefulSet")
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "database", "the dev harness must not run it as a process"
-    (service,) = of_kind(objects, "Service")
+    (service,) = [obj for obj in of_kind(objects, "Service") if obj["metadata"]["name"] == "kubetask-postgresql"]
     assert service["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
     for spec in pod_specs(objects).values():
         env = _env(spec["containers"][0])
@@ -350,3 +351,105 @@ def test_the_chart_no_longer_mentions_kopf_peering() -> None:
             text = path.read_text().lower()
             for word in ("peering", "kopf.dev", "kubetask_standalone", "kubetask_priority"):
                 assert word not in text, f"{path.relative_to(CHART)} mentions {word!r}"
+
+
+def test_history_retention_is_off_unless_set_and_rendered_for_the_operator() -> None:
+    objects = render(*DB)
+    env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert not {"KUBETASK_HISTORY_RETENTION_DAYS", "KUBETASK_HISTORY_KEEP_LAST"} & set(env), "keep history for ever"
+    objects = render(*DB, "--set", "operator.history.retentionDays=30", "--set", "operator.history.keepLast=1000000")
+    env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert env["KUBETASK_HISTORY_RETENTION_DAYS"]["value"] == "30"
+    assert env["KUBETASK_HISTORY_KEEP_LAST"]["value"] == "1000000", "not 1e+06"
+    env = _env(_operator(render(*DB, "--set-json", "operator.history.retentionDays=0.5"))["spec"]["template"]["spec"]
+               ["containers"][0])
+    assert env["KUBETASK_HISTORY_RETENTION_DAYS"]["value"] == "0.5"
+    for (container,) in (w["spec"]["template"]["spec"]["containers"] for w in _workers(objects)):
+        assert not any(name.startswith("KUBETASK_HISTORY") for name in _env(container)), "the operator's job"
+
+
+@pytest.mark.parametrize(("setting", "key"), [
+    ("operator.history.retentionDays=0", "retentionDays"),
+    ("operator.history.keepLast=0", "keepLast"),
+    ("operator.history.keepLast=1.5", "keepLast"),
+    ("operator.history.keepLatest=5", "keepLatest"),
+    ("logs.format=xml", "format"),
+])
+def test_bad_retention_or_log_values_fail_naming_the_key(setting: str, key: str) -> None:
+    error = render_error(*DB, "--set", setting)
+    assert key in error, error
+
+
+def test_operator_and_workers_log_json_by_default_and_as_the_values_say() -> None:
+    for values, expected in [((), ("json", "info")), (("--set", "logs.format=text", "--set", "logs.level=debug"),
+                                                        ("text", "debug"))]:
+        objects = render(*DB, *values)
+        containers = [_operator(objects)["spec"]["template"]["spec"]["containers"][0]]
+        containers += [w["spec"]["template"]["spec"]["containers"][0] for w in _workers(objects)]
+        assert len(containers) == 2
+        for container in containers:
+            env = _env(container)
+            assert (env["KUBETASK_LOG_FORMAT"]["value"], env["KUBETASK_LOG_LEVEL"]["value"]) == expected
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def _ports(container: dict[str, Any]) -> dict[str, int]:
+    return {port["name"]: port["containerPort"] for port in container.get("ports", [])}
+
+
+def test_every_pod_serves_metrics_on_a_port_named_metrics_and_the_operator_has_a_service() -> None:
+    objects = render(*DB, "--set", "metrics.port=9464")
+    (operator,) = _operator(objects)["spec"]["template"]["spec"]["containers"]
+    assert _env(operator)["KUBETASK_METRICS_PORT"]["value"] == "9464"
+    assert _ports(operator) == {"healthz": 8080, "metrics": 9464}
+    for (worker,) in (w["spec"]["template"]["spec"]["containers"] for w in _workers(objects)):
+        assert _env(worker)["KUBETASK_METRICS_PORT"]["value"] == "9464"
+        assert _ports(worker) == {"metrics": 9464}
+    (service,) = of_kind(objects, "Service")
+    assert service["metadata"]["name"] == "kubetask-operator-metrics"
+    assert service["spec"]["selector"] == _operator(objects)["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}]
+    assert not of_kind(objects, "ServiceMonitor") and not of_kind(objects, "PodMonitor"), "off unless asked for"
+
+
+def test_metrics_can_be_turned_off() -> None:
+    objects = render(*DB, "--set", "metrics.enabled=false", "--set", "operator.livenessProbe.enabled=false")
+    assert not of_kind(objects, "Service")
+    for spec in pod_specs(objects).values():
+        (container,) = spec["containers"]
+        assert "KUBETASK_METRICS_PORT" not in _env(container) and "ports" not in container
+
+
+def test_service_monitor_and_pod_monitor_scrape_the_metrics_ports() -> None:
+    objects = render(*DB, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.interval=15s",
+                     "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack")
+    (monitor,) = of_kind(objects, "ServiceMonitor")
+    (pods,) = of_kind(objects, "PodMonitor")
+    (service,) = of_kind(objects, "Service")
+    for obj in (monitor, pods):
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+        assert obj["metadata"]["namespace"] == "kubetask-system"
+        assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert obj["spec"]["namespaceSelector"] == {"matchNames": ["kubetask-system"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert pods["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    for worker in _workers(objects):
+        assert pods["spec"]["selector"]["matchLabels"].items() <= worker["spec"]["template"]["metadata"]["labels"].items()
+    assert not (pods["spec"]["selector"]["matchLabels"].items()
+                <= _operator(objects)["spec"]["template"]["metadata"]["labels"].items()), "workers only"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.enabled=false"),
+     "metrics.serviceMonitor.enabled=true needs metrics.enabled=true"),
+    (("--set", "metrics.port=8080"), "metrics.port=8080 is also operator.livenessProbe.port"),
+    (("--set", "metrics.serviceMonitor.interval=often"), "interval"),
+    (("--set", "metrics.serviceMonitors.enabled=true"), "serviceMonitors"),
+])
+def test_bad_metrics_values_fail_saying_why(values: tuple[str, ...], message: str) -> None:
+    error = render_error(*DB, *values)
+    assert message in error, error
+

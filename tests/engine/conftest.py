@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -109,3 +112,42 @@ async def wait_until(check: Callable[[], Awaitable[T | None]], timeout: float = 
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+WORKER_PROCESS = [sys.executable, "-c", "import sys\nfrom kubetask import worker\nsys.exit(worker.main())"]
+"""``kubetask worker`` as a child process, with the test's interpreter and environment."""
+
+
+async def start_worker_process(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """A real worker process with ``env`` on top of this one's; stdout and stderr together."""
+    return await asyncio.create_subprocess_exec(
+        *WORKER_PROCESS, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+
+
+async def sigterm_when(process: asyncio.subprocess.Process, check: Callable[[], Awaitable[Any]],
+                       what: str, timeout: float = 30) -> tuple[int, bytes]:
+    """Wait (bounded) for ``check``, SIGTERM the worker, and return its exit code and output.
+
+    The process is killed if anything fails on the way, so no test leaves one behind.
+    """
+    try:
+        await wait_until(check, timeout=timeout, what=what)
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, output
+
+
+@pytest.fixture(name="start_worker_process")
+def start_worker_process_fixture() -> Callable[[dict[str, str]], Awaitable[asyncio.subprocess.Process]]:
+    return start_worker_process
+
+
+@pytest.fixture(name="sigterm_when")
+def sigterm_when_fixture() -> Callable[..., Awaitable[tuple[int, bytes]]]:
+    return sigterm_when

@@ -7,6 +7,8 @@ import pytest
 
 from kubetask import store
 
+MIGRATIONS = ["0001_initial", "0002_history_retention"]
+
 SCHEMA = """
 SELECT table_name, column_name, data_type, is_nullable, column_default
 FROM information_schema.columns WHERE table_schema = 'public'
@@ -24,15 +26,36 @@ async def schema(conn: store.Conn) -> list[tuple[str, ...]]:
     return await cursor.fetchall()
 
 
+async def test_an_installed_version_1_with_rows_is_upgraded_by_the_later_migrations_only(
+        empty_dsn: str, new_task) -> None:
+    conn = await store.connect(empty_dsn)
+    try:
+        (first, sql), *_ = store._migrations()
+        async with conn.transaction():  # what an operator of the first release left behind
+            await conn.execute(store.QUERIES["create_schema_version"])
+            await conn.execute(sql)
+            await conn.execute(store.QUERIES["record_migration"], {"name": first})
+        await store.admit(conn, [new_task()])
+        assert await store.migrate(conn) == MIGRATIONS[1:]
+        cursor = await conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'kubetask_tasks_finished'")
+        assert await cursor.fetchall() == [
+            ("CREATE INDEX kubetask_tasks_finished ON public.kubetask_tasks USING btree (finished_at) "
+             "WHERE (finished_at IS NOT NULL)",)]
+        cursor = await conn.execute("SELECT count(*) FROM kubetask_tasks")
+        assert await cursor.fetchone() == (1,)
+    finally:
+        await conn.close()
+
+
 async def test_migrations_apply_once_and_twice_is_a_no_op(empty_dsn: str) -> None:
     conn = await store.connect(empty_dsn)
     try:
-        assert await store.migrate(conn) == ["0001_initial"]
+        assert await store.migrate(conn) == MIGRATIONS
         before = await schema(conn)
         assert await store.migrate(conn) == []
         assert await schema(conn) == before
-        cursor = await conn.execute("SELECT name FROM kubetask_schema_version")
-        assert await cursor.fetchall() == [("0001_initial",)]
+        cursor = await conn.execute("SELECT name FROM kubetask_schema_version ORDER BY name")
+        assert await cursor.fetchall() == [(name,) for name in MIGRATIONS]
     finally:
         await conn.close()
 
@@ -41,7 +64,7 @@ async def test_concurrent_migrations_apply_each_file_once(empty_dsn: str) -> Non
     conns = [await store.connect(empty_dsn) for _ in range(3)]
     try:
         results = await asyncio.gather(*(store.migrate(conn) for conn in conns))
-        assert sorted(results) == [[], [], ["0001_initial"]]
+        assert sorted(results) == [[], [], MIGRATIONS]
     finally:
         for conn in conns:
             await conn.close()

@@ -1,45 +1,31 @@
 """The worker as a process: settings from the environment, SIGTERM, exit status."""
 
 import asyncio
-import os
-import signal
-import sys
 
 from kubetask import store
 
-WORKER = [sys.executable, "-c", "import sys\nfrom kubetask import worker\nsys.exit(worker.main())"]
 
-
-async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *WORKER, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-
-
-async def test_missing_handler_module_exits_with_a_clear_error(dsn: str) -> None:
-    process = await start({"DATABASE_URL": dsn, "KUBETASK_HANDLERS": "no_such_module_for_kubetask"})
+async def test_missing_handler_module_exits_with_a_clear_error(dsn: str, start_worker_process) -> None:
+    process = await start_worker_process({"DATABASE_URL": dsn, "KUBETASK_HANDLERS": "no_such_module_for_kubetask"})
     output, _ = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert b"KUBETASK_HANDLERS lists module 'no_such_module_for_kubetask'" in output
 
 
-async def test_sigterm_hands_back_and_exits_zero(dsn: str, conn: store.Conn, new_task, wait_until) -> None:
+async def test_sigterm_hands_back_and_exits_zero(dsn: str, conn: store.Conn, new_task, start_worker_process,
+                                                 sigterm_when) -> None:
     task = new_task(type="sleep", payload={"seconds": 60})
     await store.admit(conn, [task])
-    process = await start({"DATABASE_URL": dsn, "POD_NAME": "worker-pod-7", "KUBETASK_SHUTDOWN_TIMEOUT_SECONDS": "0.5",
-                           "KUBETASK_POLL_INTERVAL_SECONDS": "0.2"})
-    try:
-        async def running() -> bool:
-            row = await store.get_task(conn, task.uid)
-            return row is not None and row.state == "running"
+    process = await start_worker_process({"DATABASE_URL": dsn, "POD_NAME": "worker-pod-7",
+                                          "KUBETASK_SHUTDOWN_TIMEOUT_SECONDS": "0.5",
+                                          "KUBETASK_POLL_INTERVAL_SECONDS": "0.2"})
 
-        await wait_until(running, timeout=30, what="the worker process to claim the task")
-        process.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, output.decode()
+    async def running() -> bool:
+        row = await store.get_task(conn, task.uid)
+        return row is not None and row.state == "running"
+
+    code, output = await sigterm_when(process, running, "the worker process to claim the task")
+    assert code == 0, output.decode()
     row = await store.get_task(conn, task.uid)
     assert row is not None and row.state == "queued"
     [attempt] = await store.task_history(conn, task.uid)

@@ -135,6 +135,12 @@ metadata:
 {{/* Guards for combinations of values the schema cannot express. Rendered by templates/validate.yaml. */}}
 {{- define "kubetask.validate" -}}
 {{- $_ := include "kubetask.databaseSecret" . -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled=true needs metrics.enabled=true: there is nothing to scrape otherwise" -}}
+{{- end -}}
+{{- if and .Values.metrics.enabled .Values.operator.livenessProbe.enabled (eq (int .Values.metrics.port) (int .Values.operator.livenessProbe.port)) -}}
+{{- fail (printf "metrics.port=%d is also operator.livenessProbe.port: the operator serves them apart; choose another port for one of them" (int .Values.metrics.port)) -}}
+{{- end -}}
 {{- $seen := dict -}}
 {{- range $index, $pool := .Values.pools -}}
 {{- if hasKey $seen $pool.name -}}
@@ -151,4 +157,14 @@ metadata:
 {{- fail (printf "pools[%d] (%s): terminationGracePeriodSeconds=%d is too short: workers get 5 s less than the grace period to finish running tasks; use at least 6" $index $pool.name $grace) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+KUBETASK_LOG_FORMAT and KUBETASK_LOG_LEVEL of the operator and the workers (values `logs`).
+*/}}
+{{- define "kubetask.logEnv" -}}
+- name: KUBETASK_LOG_FORMAT
+  value: {{ .Values.logs.format | quote }}
+- name: KUBETASK_LOG_LEVEL
+  value: {{ .Values.logs.level | quote }}
 {{- end -}}

@@ -164,7 +164,8 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
        c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
        c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
        c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
-       c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod
+       c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod,
+       extract(epoch FROM c.started_at - c.run_at)::float8 AS waited_seconds
 FROM (VALUES (1)) AS one (always) LEFT JOIN claimed AS c ON true
 ORDER BY c.priority DESC, c.run_at, c.id;
 
@@ -371,6 +372,43 @@ LIMIT %(limit)s;
 UPDATE kubetask_tasks SET object_deleted_at = now()
 WHERE uid = %(uid)s::uuid AND object_deleted_at IS NULL;
 
+-- name: history_cutoff
+-- History retention: finished rows that finished before the returned time may
+-- go. It is the later of "retention_days ago" and the finished_at of the
+-- keep_last-th most recently finished row; a NULL parameter switches its rule
+-- off, and a NULL result means there is nothing to delete. The keep_last rule
+-- reads keep_last entries of kubetask_tasks_finished backwards (an index-only
+-- scan when the table is vacuumed), never the table.
+SELECT greatest(
+    now() - make_interval(secs => %(retention_days)s::float8 * 86400),
+    (SELECT finished_at FROM kubetask_tasks
+     WHERE finished_at IS NOT NULL AND %(keep_last)s::bigint IS NOT NULL
+     ORDER BY finished_at DESC
+     OFFSET %(keep_last)s::bigint - 1 LIMIT 1)
+) AS cutoff;
+
+-- name: delete_history
+-- One bounded batch of retention: up to %(limit)s finished rows that finished
+-- before %(cutoff)s, oldest first, found on kubetask_tasks_finished; their
+-- attempts go with them (ON DELETE CASCADE). Kept whatever their age: a row
+-- whose final status is not mirrored yet (its Task would never learn how it
+-- ended), and a row whose Task object still waits for its
+-- ttlSecondsAfterFinished deletion (the cleaner finds the object through the
+-- row). FOR UPDATE re-checks the conditions on a row's latest version and SKIP
+-- LOCKED passes over rows being changed, so a task retried from the dead letter
+-- at this moment is never deleted; each batch is its own short transaction.
+WITH doomed AS (
+    SELECT id
+    FROM kubetask_tasks
+    WHERE finished_at < %(cutoff)s AND mirrored_version = version
+      AND (ttl_seconds_after_finished IS NULL OR object_deleted_at IS NOT NULL)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM kubetask_tasks
+WHERE id = ANY(ARRAY(SELECT id FROM doomed));
+
 -- name: pending_status
 -- The outbox: statuses behind their rows, oldest version first, each with its
 -- latest attempts (oldest of them first) fetched in the same round trip.
@@ -490,3 +528,43 @@ FROM open AS o
 FULL JOIN done AS d ON d.queue = o.queue
 FULL JOIN dead AS x ON x.queue = coalesce(o.queue, d.queue)
 ORDER BY 1;
+
+-- name: queue_gauges
+-- The operator's /metrics, when scraped: unfinished rows only, each state set
+-- read through its partial index (claim, lease expiry), so the cost follows the
+-- live queue and not the history.
+WITH waiting AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'queued') AS queued,
+           count(*) FILTER (WHERE state = 'retrying') AS retrying,
+           count(*) FILTER (WHERE run_at <= now()) AS due,
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8 AS oldest_due_seconds
+    FROM kubetask_tasks
+    WHERE state IN ('queued', 'retrying')
+    GROUP BY queue
+), running AS (
+    SELECT queue, count(*) AS running
+    FROM kubetask_tasks
+    WHERE state = 'running'
+    GROUP BY queue
+)
+SELECT coalesce(w.queue, r.queue) AS queue, coalesce(w.queued, 0) AS queued,
+       coalesce(r.running, 0) AS running, coalesce(w.retrying, 0) AS retrying,
+       coalesce(w.due, 0) AS due, coalesce(w.oldest_due_seconds, 0) AS oldest_due_seconds
+FROM waiting AS w FULL JOIN running AS r ON r.queue = w.queue
+ORDER BY 1;
+
+-- name: mirror_lag
+-- The outbox (through its partial index): how many statuses are behind their
+-- row, and how long ago the oldest of those changes happened, taken as the
+-- row's latest timestamp (admission, claim, end of its last attempt, finish).
+-- A retry from the dead letter sets none of these, so its change looks as old
+-- as the attempt before it until it is mirrored, milliseconds later.
+SELECT count(*) AS backlog,
+       coalesce(extract(epoch FROM now() - min(greatest(t.created_at, t.started_at, t.finished_at,
+                                                        a.finished_at)))::float8, 0) AS lag_seconds
+FROM kubetask_tasks AS t
+LEFT JOIN LATERAL (
+    SELECT max(finished_at) AS finished_at FROM kubetask_attempts WHERE task_id = t.id
+) AS a ON true
+WHERE t.version > t.mirrored_version;

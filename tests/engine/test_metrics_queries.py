@@ -1,0 +1,73 @@
+"""The figures the metrics are made of, read from a real PostgreSQL: claim wait, queue gauges, mirror lag."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import socket
+from collections.abc import Callable
+
+from kubetask import store
+
+async def test_a_claim_reports_how_long_the_task_waited_since_it_was_due(
+        conn: store.Conn, new_task: Callable[..., store.NewTask]) -> None:
+    ten_seconds_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=10)
+    await store.admit(conn, [new_task(run_at=ten_seconds_ago)])
+    [claimed] = await store.claim(conn, "default", "owner/1", "pod-1", limit=1, lease_seconds=30)
+    assert 9.5 < claimed.waited_seconds < 60
+
+
+async def test_queue_gauges_count_unfinished_tasks_by_queue_and_the_oldest_due(
+        conn: store.Conn, new_task: Callable[..., store.NewTask]) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    await store.admit(conn, [
+        new_task(queue="a", run_at=now - datetime.timedelta(seconds=30)),
+        new_task(queue="a"),
+        new_task(queue="a", run_at=now + datetime.timedelta(hours=1)),
+        new_task(queue="b"),
+    ])
+    [claimed] = await store.claim(conn, "b", "owner/1", "pod-1", limit=1, lease_seconds=30)
+    assert await store.fail(conn, claimed.id, "owner/1", claimed.attempt, error_type="E", message="m",
+                            traceback=None, retry_at=now + datetime.timedelta(hours=1))
+    await store.admit(conn, [new_task(queue="b")])
+    [running] = await store.claim(conn, "b", "owner/2", "pod-2", limit=1, lease_seconds=30)
+    assert running.queue == "b"
+
+    gauges = {row.queue: row for row in await store.queue_gauges(conn)}
+
+    a, b = gauges["a"], gauges["b"]
+    assert (a.queued, a.running, a.retrying, a.due) == (3, 0, 0, 2)
+    assert 29 < a.oldest_due_seconds < 120
+    assert (b.queued, b.running, b.retrying, b.due) == (0, 1, 1, 0)
+    assert b.oldest_due_seconds == 0
+
+
+async def test_queue_gauges_leave_out_finished_tasks(conn: store.Conn, new_task: Callable[..., store.NewTask]) -> None:
+    await store.admit(conn, [new_task(queue="done")])
+    [claimed] = await store.claim(conn, "done", "owner/1", "pod-1", limit=1, lease_seconds=30)
+    assert await store.complete(conn, claimed.id, "owner/1", claimed.attempt, {"ok": True})
+    assert await store.queue_gauges(conn) == []
+
+
+async def test_mirror_lag_counts_statuses_behind_their_row_and_ages_the_oldest(
+        conn: store.Conn, new_task: Callable[..., store.NewTask]) -> None:
+    assert await store.mirror_lag(conn) == (0, 0.0)
+    await store.admit(conn, [new_task(), new_task()])
+    backlog, lag = await store.mirror_lag(conn)
+    assert backlog == 2 and 0 <= lag < 60
+    pending = await store.pending_status(conn, 10)
+    await store.mark_mirrored(conn, [(row.id, row.version, row.state) for row in pending])
+    assert await store.mirror_lag(conn) == (0, 0.0)
+
+
+async def test_a_worker_whose_metrics_port_is_taken_exits_2_naming_the_variable(
+        dsn: str, start_worker_process) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await start_worker_process({"DATABASE_URL": dsn, "KUBETASK_METRICS_PORT": str(port)})
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2, output.decode()
+    assert f"cannot serve metrics on 0.0.0.0:{port}".encode() in output
+    assert b"KUBETASK_METRICS_PORT" in output
