@@ -42,7 +42,8 @@ class RowLike(Protocol):
 def _time(value: datetime.datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is several times cheaper than strftime, and the mirror formats a dozen times per status.
+    return value.astimezone(datetime.timezone.utc).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def _truncate(text: str | None, limit: int = model.MAX_STATUS_ERROR_CHARS) -> str | None:
