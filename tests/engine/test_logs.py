@@ -18,8 +18,9 @@ async def test_a_json_worker_puts_the_task_on_every_line_of_an_attempt_the_handl
         "log-fail": new_task(type="log-fail", payload={}),
     }
     await store.admit(conn, list(tasks.values()))
+    # DEBUG: the worker's own per-task lines (started, succeeded) are DEBUG, and they must carry the task too.
     env = {"DATABASE_URL": dsn, "POD_NAME": "worker-logs-1", "KUBETASK_LOG_FORMAT": "json",
-           "KUBETASK_HANDLERS": "log_handlers", "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "KUBETASK_LOG_LEVEL": "debug", "KUBETASK_HANDLERS": "log_handlers", "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "KUBETASK_POLL_INTERVAL_SECONDS": "0.2"}
     process = await start_worker_process(env)
 
