@@ -21,7 +21,7 @@ NAME = "kubetask"
 LOOP = "kubetask"
 """The loop ``kubetask worker`` runs on (``worker.run_loop``: uvloop when installed)."""
 SETTINGS = ("kubetask worker (one connection + one listener per process), KUBETASK_CONCURRENCY={concurrency}, "
-            "on uvloop (`kubetask worker` uses it when installed; the bench extra installs it)")
+            "on uvloop (`kubetask worker` runs on it; a dependency of kubetask)")
 
 
 def version() -> str:
