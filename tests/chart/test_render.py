@@ -158,7 +158,8 @@ def test_worker_pool_labels_annotations_and_environment() -> None:
     objects = render(*DB, *POOL, "--set", "pools[0].queue=mail", "--set", "pools[0].minReplicas=1",
                      "--set", "pools[0].maxReplicas=7", "--set", "pools[0].concurrency=2",
                      "--set", "pools[0].scaleDownDelaySeconds=45", "--set", "pools[0].terminationGracePeriodSeconds=60",
-                     "--set", "pools[0].handlers={myapp.tasks,myapp.more}", release="prod")
+                     "--set", "pools[0].handlers={myapp.tasks,myapp.more}", "--set", "pools[0].maxMemoryMb=800",
+                     release="prod")
     (worker,) = _workers(objects)
     labels = {"app.kubernetes.io/part-of": "kubetask", "app.kubernetes.io/component": "worker",
               "app.kubernetes.io/instance": "prod", "kubetask.io/pool": "default"}
@@ -181,6 +182,7 @@ def test_worker_pool_labels_annotations_and_environment() -> None:
     assert env["KUBETASK_CONCURRENCY"]["value"] == "2"
     assert env["KUBETASK_HANDLERS"]["value"] == "myapp.tasks,myapp.more"
     assert env["KUBETASK_SHUTDOWN_TIMEOUT_SECONDS"]["value"] == "55"
+    assert env["KUBETASK_MAX_MEMORY_MB"]["value"] == "800"
 
 
 def test_a_pools_secrets_are_mounted_read_only_where_ctx_secret_reads_them() -> None:
