@@ -49,6 +49,10 @@ DEFAULT_ENTRYPOINT = ["kubetask"]
 
 log = logging.getLogger("kubetask_dev.podrunner")
 
+BACKOFF_RESET_SECONDS = 60.0
+"""A process that ran this long before it exited restarts after the shortest delay again, as the kubelet
+resets its crash-loop backoff after a pod has run fine for a while (there: 10 minutes)."""
+
 
 @dataclasses.dataclass
 class PodProcess:
@@ -58,6 +62,7 @@ class PodProcess:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
+    started_at: float = 0.0
     stopping: bool = False
 
 
@@ -170,6 +175,7 @@ class Runner:
         logfile = open(self.state_dir / "logs" / "pods" / f"{self._key(pod)}.log", "ab")
         entry.proc = subprocess.Popen([executable, *command[1:]], env=env, cwd=workdir, stdout=logfile,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        entry.started_at = time.monotonic()
         logfile.close()
         (self.state_dir / "pods" / f"{self._key(pod)}.json").write_text(
             json.dumps({"pid": entry.proc.pid, "uid": entry.uid, "command": command}))
@@ -255,6 +261,8 @@ class Runner:
                     log.info("%s/%s exited with %s", entry.namespace, entry.name, entry.proc.returncode)
                     self._forget(pod)
                     entry.proc = None
+                    if now - entry.started_at >= BACKOFF_RESET_SECONDS:
+                        entry.restarts = 0  # it ran fine for a while: a new crash, not the same crash loop
                     entry.restarts += 1
                     entry.next_start = now + min(10.0, 0.5 * 2 ** min(entry.restarts, 5))
                 if entry.proc is None and now >= entry.next_start:
