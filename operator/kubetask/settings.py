@@ -25,6 +25,13 @@ DEFAULT_SECRETS_DIR = pathlib.Path("/var/run/secrets/kubetask")
 """Where the chart mounts a pool's ``secrets``: ``<dir>/<secret name>/<key>``."""
 
 
+def _comma_list(value: Any) -> Any:
+    """``a, b,,c`` (how a list is written in an environment variable) → ``["a", "b", "c"]``."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the settings refuse."""
 
@@ -170,12 +177,7 @@ class WorkerSettings(_EnvSettings):
     through ``ctx.secret(name, key)`` (``KUBETASK_SECRETS_DIR``). Default ``/var/run/secrets/kubetask``,
     where the chart mounts a pool's ``secrets``."""
 
-    @pydantic.field_validator("handler_modules", mode="before")
-    @classmethod
-    def _split_modules(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split_modules = pydantic.field_validator("handler_modules", mode="before")(_comma_list)
 
     @pydantic.model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Self:
@@ -271,12 +273,7 @@ class OperatorSettings(_EnvSettings):
     apart from kopf's liveness endpoint; 0 takes any free port and logs it. Default unset: no endpoint;
     the chart sets 9090."""
 
-    @pydantic.field_validator("namespaces", mode="before")
-    @classmethod
-    def _split_namespaces(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split_namespaces = pydantic.field_validator("namespaces", mode="before")(_comma_list)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
