@@ -14,9 +14,9 @@ watches.
   sustains on this machine, while the workers run; sustained tasks/s is the
   completions counted over the second half of the run.
 * Pickup latency: one idle worker process; a task is enqueued (kubetask:
-  ``store.admit``, which is the INSERT + NOTIFY the operator does), and its
+  ``db.queue.admit``, which is the INSERT + NOTIFY the operator does), and its
   handler prints the wall-clock time it started; spaced 20–40 ms apart.
-* Cost of history: the p50 of one ``store.claim(limit=1)`` round trip and a
+* Cost of history: the p50 of one ``db.queue.claim(limit=1)`` round trip and a
   burn-down, on an empty table and again after 1,000,000 finished tasks with
   their attempts were added with ``INSERT … SELECT generate_series``.
 """
@@ -361,12 +361,12 @@ FROM kubetask_tasks WHERE namespace = 'history';
 
 
 async def claim_p50_ms(dsns: list[str], samples: int) -> list[float]:
-    """Per database, the p50 of one single-row ``store.claim`` round trip.
+    """Per database, the p50 of one single-row ``db.queue.claim`` round trip.
 
     The databases take turns, claim by claim, so that a noisy machine slows
     them alike. Each claimed task is then completed (untimed).
     """
-    from kubetask import store
+    from kubetask import db
 
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(opened("kubetask", dsn, install=False)) for dsn in dsns]
@@ -378,9 +378,9 @@ async def claim_p50_ms(dsns: list[str], samples: int) -> list[float]:
         for _ in range(samples):
             for client, times in zip(clients, timings):
                 began = time.perf_counter()
-                [task] = await store.claim(client.conn, "default", "bench/claim", "bench-claim", 1, 30)
+                [task] = await db.queue.claim(client.conn, "default", "bench/claim", "bench-claim", 1, 30)
                 times.append((time.perf_counter() - began) * 1000)
-                assert await store.complete(client.conn, task.id, task.lease_owner, task.attempt, None)
+                assert await db.queue.complete(client.conn, task.id, task.lease_owner, task.attempt, None)
     return [common.median(times) for times in timings]
 
 
@@ -486,7 +486,7 @@ async def _steady(dbs: Databases, plan: Plan, command: str, report: common.Repor
         name=f"steady, producer at {plan.steady_rate:,}/s, {processes} processes", unit="tasks/s",
         ours=results["kubetask"][0], peers={p: results[p][0] for p in PEERS},
         note=(f"{plan.steady_seconds:g}s run, completions counted over its second half; producer in the "
-              f"benchmark process, each system's own enqueue call every 10 ms (kubetask: store.admit, the "
+              f"benchmark process, each system's own enqueue call every 10 ms (kubetask: db.queue.admit, the "
               f"operator's batched INSERT + NOTIFY); backlog left at the end: {left}; "
               + "; ".join(module_settings(s, plan.concurrency[s]) for s in ("kubetask", *PEERS))),
         command=command))
@@ -542,7 +542,7 @@ async def _history(dbs: Databases, plan: Plan, command: str, report: common.Repo
     report(common.Figure(
         name=f"claim round trip p50 with {rows} finished tasks", unit="ms", ours=full_claim,
         peers={}, higher_is_better=False,
-        note=(f"empty table: {empty_claim:.2f} ms; store.claim(limit=1), {plan.claim_samples} samples per "
+        note=(f"empty table: {empty_claim:.2f} ms; db.queue.claim(limit=1), {plan.claim_samples} samples per "
               f"database, the two databases taking turns; ratio {keys['claim_latency_ratio_1m_vs_empty']:.2f} "
               f"(target <= 1.2); history of {rows} succeeded tasks + {rows} attempts inserted in "
               f"{inserted_in:.1f}s with INSERT … SELECT generate_series, then VACUUM ANALYZE"),

@@ -2,7 +2,7 @@
 
 The worker side is the real ``kubetask.worker.run`` with the production
 settings except the handlers (``noop``, ``stamp``) and the concurrency.
-Enqueueing for latency and for the steady run goes through ``store.admit``
+Enqueueing for latency and for the steady run goes through ``db.queue.admit``
 (the operator's path: one INSERT for a batch, plus NOTIFY); the pre-inserted
 backlog of a burn-down is written with ``INSERT … SELECT generate_series``
 since admission speed is not what a burn-down measures.
@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from bench import common
-from kubetask import store
+from kubetask import db
 
 NAME = "kubetask"
 LOOP = "kubetask"
@@ -29,18 +29,18 @@ def version() -> str:
 
 
 class Client:
-    def __init__(self, conn: store.Conn) -> None:
+    def __init__(self, conn: db.connection.Conn) -> None:
         self.conn = conn
 
     @classmethod
     async def open(cls, dsn: str) -> Client:
-        return cls(await store.connect(dsn, "kubetask-bench"))
+        return cls(await db.connection.connect(dsn, "kubetask-bench"))
 
     async def close(self) -> None:
         await self.conn.close()
 
     async def install(self) -> None:
-        await store.migrate(self.conn)
+        await db.schema.migrate(self.conn)
 
     async def enqueue_backlog(self, n: int, start: int = 0) -> None:
         """One transaction: the rows, and the NOTIFY that wakes the workers when they commit."""
@@ -50,17 +50,17 @@ class Client:
                    SELECT gen_random_uuid(), 'bench', 'noop-' || i, 'noop', '{}'
                    FROM generate_series(%(start)s::bigint, %(end)s::bigint) AS i""",
                 {"start": start, "end": start + n - 1})
-            await self.conn.execute("SELECT pg_notify(%s, 'default')", [store.QUEUE_CHANNEL])
+            await self.conn.execute("SELECT pg_notify(%s, 'default')", [db.connection.QUEUE_CHANNEL])
 
     async def produce(self, n: int, start: int) -> None:
-        await store.admit(self.conn, [
-            store.NewTask(uid=str(uuid.uuid4()), namespace="bench", name=f"steady-{start + i}", type="noop",
+        await db.queue.admit(self.conn, [
+            db.queue.NewTask(uid=str(uuid.uuid4()), namespace="bench", name=f"steady-{start + i}", type="noop",
                           payload={})
             for i in range(n)
         ])
 
     async def enqueue_stamp(self, ident: int) -> None:
-        await store.admit(self.conn, [store.NewTask(uid=str(uuid.uuid4()), namespace="bench",
+        await db.queue.admit(self.conn, [db.queue.NewTask(uid=str(uuid.uuid4()), namespace="bench",
                                                     name=f"stamp-{ident}", type="stamp",
                                                     payload={"id": ident})])
 

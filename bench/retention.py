@@ -5,8 +5,8 @@ history of finished tasks (1,000,000; ``--quick`` 100,000), each with one
 attempt, inserted with ``INSERT … SELECT generate_series``; they finished
 over the last 20 days, 3 % of them dead-lettered, all mirrored. Then a
 retention pass with a 10-day retention deletes the older half exactly as the
-operator's cleaner does it (``store.history_cutoff``, then
-``store.delete_history`` in batches of the default
+operator's cleaner does it (``db.upkeep.history_cutoff``, then
+``db.upkeep.delete_history`` in batches of the default
 ``KUBETASK_HISTORY_RETENTION_BATCH_SIZE`` until a batch comes back short).
 
 * ``retention_delete_rows_per_s``: tasks deleted (each with its attempt) per
@@ -61,7 +61,7 @@ async def measure_async(quick: bool, report: common.Report, *, rows: int | None 
     """The retention figures; ``rows`` overrides the count (the smoke test); ``server``: a running PostgresServer."""
     from kubetask_dev.postgres import PostgresServer
 
-    from kubetask import settings, store
+    from kubetask import db, settings
 
     rows = rows or (100_000 if quick else 1_000_000)
     batch = settings.OperatorSettings.model_fields["history_retention_batch_size"].default
@@ -72,8 +72,8 @@ async def measure_async(quick: bool, report: common.Report, *, rows: int | None 
             server = await asyncio.to_thread(PostgresServer.start, pathlib.Path(tmp) / "data")
         try:
             dsn = server.create_database(f"bench_retention_{time.monotonic_ns()}")
-            async with await store.connect(dsn) as conn:
-                await store.migrate(conn)
+            async with await db.connection.connect(dsn) as conn:
+                await db.schema.migrate(conn)
                 began = time.monotonic()
                 await conn.execute(HISTORY_SQL.replace("%(rows)s", str(int(rows)))
                                    .replace("%(spread)s", str(SPREAD_DAYS * 86400)))
@@ -81,16 +81,16 @@ async def measure_async(quick: bool, report: common.Report, *, rows: int | None 
                 inserted_in = time.monotonic() - began
 
                 began = time.perf_counter()
-                await store.history_cutoff(conn, retention_days=None, keep_last=rows // 2)
+                await db.upkeep.history_cutoff(conn, retention_days=None, keep_last=rows // 2)
                 cutoff_ms = (time.perf_counter() - began) * 1000
-                cutoff = await store.history_cutoff(conn, retention_days=RETENTION_DAYS, keep_last=None)
+                cutoff = await db.upkeep.history_cutoff(conn, retention_days=RETENTION_DAYS, keep_last=None)
                 assert cutoff is not None
                 batches: list[float] = []
                 deleted = 0
                 began = time.perf_counter()
                 while True:
                     started = time.perf_counter()
-                    n = await store.delete_history(conn, cutoff, batch)
+                    n = await db.upkeep.delete_history(conn, cutoff, batch)
                     batches.append((time.perf_counter() - started) * 1000)
                     deleted += n
                     if n < batch:

@@ -205,13 +205,13 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 async def _with_db(fn: Callable[[Any], Any]) -> Any:
-    from kubetask import settings, store
+    from kubetask import db, settings
 
     try:
         database = settings.DatabaseSettings.from_env()
     except settings.SettingsError as err:
         raise CliError(f"{err}; this command reads PostgreSQL: set DATABASE_URL", EXIT_USAGE) from None
-    conn = await store.connect(database.url, application_name="kubetask-cli")
+    conn = await db.connection.connect(database.url, application_name="kubetask-cli")
     try:
         return await fn(conn)
     finally:
@@ -219,15 +219,15 @@ async def _with_db(fn: Callable[[Any], Any]) -> Any:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from kubetask import store
+    from kubetask import db
 
     async def run(conn: Any) -> tuple[Any, Any]:
-        rows = [await store.get_task(conn, args.uid)] if args.uid else await store.find_tasks(
+        rows = [await db.reads.get_task(conn, args.uid)] if args.uid else await db.reads.find_tasks(
             conn, _namespace(args), args.name)
         rows = [r for r in rows if r is not None]
         if not rows:
             return None, []
-        return rows[0], await store.task_history(conn, rows[0].uid)
+        return rows[0], await db.reads.task_history(conn, rows[0].uid)
 
     task, attempts = asyncio.run(_with_db(run))
     if task is None:
@@ -258,21 +258,21 @@ def _plain(row: Any) -> dict[str, Any]:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from kubetask import store
+    from kubetask import db
 
-    stats = asyncio.run(_with_db(lambda conn: store.queue_stats(conn, args.window)))
+    stats = asyncio.run(_with_db(lambda conn: db.reads.queue_stats(conn, args.window)))
     if args.queue:
         stats = [s for s in stats if s.queue == args.queue]
 
     def render() -> str:
         if not stats:
             return "No tasks in PostgreSQL yet."
-        rows = [[s.queue, s.queued, s.scheduled, s.running, s.retrying, s.succeeded, s.dead_letter,
+        rows = [[s.queue, s.due, s.scheduled, s.running, s.retrying, s.succeeded, s.dead_letter,
                  s.dead_letter_total, f"{s.succeeded / args.window:.1f}/s",
-                 f"{s.oldest_waiting_seconds:.1f}s" if s.oldest_waiting_seconds is not None else "-"]
+                 f"{s.oldest_due_seconds:.1f}s" if s.due else "-"]
                 for s in stats]
         window = f"{args.window:g}s"
-        return table(["QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "RETRYING", f"SUCCEEDED/{window}",
+        return table(["QUEUE", "WAITING", "SCHEDULED", "RUNNING", "RETRYING", f"SUCCEEDED/{window}",
                       f"DEAD/{window}", "DEAD-LETTER", "THROUGHPUT", "OLDEST WAITING"], rows)
 
     _emit([_plain(s) for s in stats], args.output, render)
@@ -311,35 +311,9 @@ def _dead_letter(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    import kopf
+    from kubetask.operator import app
 
-    from kubetask import controller, settings, store
-
-    try:
-        config = settings.OperatorSettings.from_env()
-    except (pydantic.ValidationError, ValueError) as err:
-        print(f"kubetask operator: bad configuration: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    del controller  # imported for its kopf handlers
-    # Before kopf starts: kopf would retry a failing start-up handler for ever, silently to
-    # `kubectl get pods`. Waiting here and then exiting shows as CrashLoopBackOff with the reason.
-    log = logging.getLogger("kubetask.operator")
-    try:
-        asyncio.run(store.wait_until_reachable(
-            config.database.url, config.database.wait_seconds,
-            lambda error, delay: log.warning("waiting for PostgreSQL (%s); retrying in %.1fs", error, delay)))
-    except store.DatabaseUnreachable as err:
-        print(f"kubetask operator: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    namespaces = config.namespaces
-    # Standalone: replicas elect their leader through PostgreSQL (see controller), not kopf peering.
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=True,
-        liveness_endpoint=config.liveness_endpoint,
-    )
-    return EXIT_OK
+    return app.main()
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -143,12 +143,14 @@ class PodInfo:
 
 
 class Kube:
-    def __init__(self, max_concurrency: int = 16) -> None:
+    def __init__(self, max_concurrency: int = 16, kubeconfig: str | None = None) -> None:
+        """In-cluster credentials when there are some, else ``kubeconfig`` (default: $KUBECONFIG, ~/.kube/config)."""
         config = kubernetes.client.Configuration()
         try:
             kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
+            kubernetes.config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
+                                               client_configuration=config)
         config.connection_pool_maxsize = max_concurrency
         self.api_client = kubernetes.client.ApiClient(config)
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)

@@ -52,7 +52,7 @@ _EXTRA_FIELD = "kubetask_task"
 
 
 class TaskIdentity(Protocol):
-    """What a log line says about the task it is about (``store.ClaimedTask`` is one)."""
+    """What a log line says about the task it is about (``db.queue.ClaimedTask`` is one)."""
 
     @property
     def namespace(self) -> str: ...

@@ -29,7 +29,7 @@ The endpoint is a small aiohttp server on the process's own event loop (the
 operator already runs aiohttp for kopf and its API calls): a scrape can await
 the database refresh, and no thread is added to the worker.
 
-Layering: above ``store`` (whose rows it exports), below the worker and the
+Layering: above ``db`` (whose rows it exports), below the worker and the
 operator; never Kubernetes, since the worker imports it.
 """
 
@@ -47,7 +47,7 @@ import prometheus_client.exposition
 import prometheus_client.registry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from kubetask import store
+from kubetask import db
 
 logger = logging.getLogger("kubetask.metrics")
 
@@ -180,7 +180,7 @@ class _WorkerCollector(prometheus_client.registry.Collector):
 class DatabaseFacts:
     """What the leader read from PostgreSQL at its last refresh."""
 
-    queues: Sequence[store.QueueGauges]
+    queues: Sequence[db.reads.QueueDepth]
     mirror_backlog: int
     """Rows whose Task status is behind (version > mirrored_version)."""
     mirror_lag_seconds: float
@@ -270,7 +270,8 @@ class _OperatorCollector(prometheus_client.registry.Collector):
                                    labels=["queue"])
         # A queue a pool serves is reported even when empty: its depth falls back to 0 rather than vanishing.
         listed = {queue.queue for queue in facts.queues}
-        idle = [store.QueueGauges(queue=name, queued=0, running=0, retrying=0, due=0, oldest_due_seconds=0.0)
+        idle = [db.reads.QueueDepth(name, queued=0, retrying=0, due=0, scheduled=0, running=0,
+                                    oldest_due_seconds=0.0, busy_pods={})
                 for name in sorted({pool.queue for pool in pools} - listed)]
         for queue in [*facts.queues, *idle]:
             for phase, count in (("Queued", queue.queued), ("Running", queue.running),

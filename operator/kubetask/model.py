@@ -43,6 +43,31 @@ MAX_STATUS_ERROR_CHARS = 2048
 #: Attempts kept in ``status.history`` (all of them stay in PostgreSQL).
 STATUS_HISTORY_LENGTH = 10
 
+
+def find_nul(value: Any, path: str = "$") -> str | None:
+    """The JSON path of the first string (or key) holding U+0000, or None.
+
+    PostgreSQL cannot store that character in ``text`` or ``jsonb``: a payload
+    holding one is refused at admission and a result holding one is a
+    permanent error, both naming this path.
+    """
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path} (a key)"
+            found = find_nul(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = find_nul(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
 _QUEUE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
 

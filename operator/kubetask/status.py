@@ -17,29 +17,46 @@ from kubetask import model
 
 
 class AttemptLike(Protocol):
-    number: int
-    worker_pod: str | None
-    started_at: datetime.datetime | None
-    finished_at: datetime.datetime | None
-    outcome: str
-    error_type: str | None
-    error_message: str | None
+    @property
+    def number(self) -> int: ...
+    @property
+    def worker_pod(self) -> str | None: ...
+    @property
+    def started_at(self) -> datetime.datetime | None: ...
+    @property
+    def finished_at(self) -> datetime.datetime | None: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
 
 
 class RowLike(Protocol):
-    state: str
-    attempts: int
-    run_at: datetime.datetime | None
-    worker_pod: str | None
-    started_at: datetime.datetime | None
-    finished_at: datetime.datetime | None
-    created_at: datetime.datetime
-    result: Any
-    last_error: dict[str, Any] | None
-    history: Sequence[AttemptLike]
+    @property
+    def state(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def run_at(self) -> datetime.datetime | None: ...
+    @property
+    def worker_pod(self) -> str | None: ...
+    @property
+    def started_at(self) -> datetime.datetime | None: ...
+    @property
+    def finished_at(self) -> datetime.datetime | None: ...
+    @property
+    def created_at(self) -> datetime.datetime: ...
+    @property
+    def result(self) -> Any: ...
+    @property
+    def last_error(self) -> dict[str, Any] | None: ...
+    @property
+    def history(self) -> Sequence[AttemptLike]: ...
 
 
-def _time(value: datetime.datetime | None) -> str | None:
+def timestamp(value: datetime.datetime | None) -> str | None:
     if value is None:
         return None
     # isoformat is several times cheaper than strftime, and the mirror formats a dozen times per status.
@@ -67,7 +84,7 @@ def capped_result(result: Any) -> Any:
 
 def _condition(type_: str, ok: bool, reason: str, message: str, when: datetime.datetime | None) -> dict[str, Any]:
     return {"type": type_, "status": "True" if ok else "False", "reason": reason, "message": message,
-            "lastTransitionTime": _time(when)}
+            "lastTransitionTime": timestamp(when)}
 
 
 def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
@@ -77,8 +94,8 @@ def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
         {
             "number": a.number,
             "worker": a.worker_pod,
-            "startedAt": _time(a.started_at),
-            "finishedAt": _time(a.finished_at),
+            "startedAt": timestamp(a.started_at),
+            "finishedAt": timestamp(a.finished_at),
             "outcome": a.outcome,
             "error": _truncate(f"{a.error_type}: {a.error_message or ''}" if a.error_type else None, 512),
         }
@@ -107,10 +124,10 @@ def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
     return {
         "phase": phase.value,
         "attempts": row.attempts,
-        "nextAttemptAt": _time(row.run_at) if waiting else None,
+        "nextAttemptAt": timestamp(row.run_at) if waiting else None,
         "worker": row.worker_pod,
-        "startedAt": _time(row.started_at),
-        "finishedAt": _time(row.finished_at) if phase.finished else None,
+        "startedAt": timestamp(row.started_at),
+        "finishedAt": timestamp(row.finished_at) if phase.finished else None,
         "result": capped_result(row.result) if phase is model.Phase.SUCCEEDED else None,
         "lastError": last_error,
         "history": history,
@@ -125,7 +142,7 @@ def rejected(reason: str, message: str, now: datetime.datetime) -> dict[str, Any
         "phase": model.Phase.DEAD_LETTER.value,
         "attempts": 0,
         "lastError": {"type": reason, "message": _truncate(message)},
-        "finishedAt": _time(now),
+        "finishedAt": timestamp(now),
         "conditions": [
             _condition("Admitted", False, reason, message, now),
             _condition("Finished", True, model.Phase.DEAD_LETTER.value, message, now),

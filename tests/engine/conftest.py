@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from kubetask_dev.postgres import PostgresServer
 
-from kubetask import store
+from kubetask import db
 
 TEMPLATE = "kubetask_template"
 _numbers = itertools.count()
@@ -32,9 +32,9 @@ def wait_until_fixture() -> Callable[..., Awaitable[Any]]:
 
 
 async def _migrate(dsn: str) -> None:
-    conn = await store.connect(dsn)
+    conn = await db.connection.connect(dsn)
     try:
-        await store.migrate(conn)
+        await db.schema.migrate(conn)
     finally:
         await conn.close()
 
@@ -63,8 +63,8 @@ def empty_dsn(pg_server: PostgresServer) -> str:
 
 
 @pytest.fixture
-async def conn(dsn: str) -> AsyncIterator[store.Conn]:
-    connection = await store.connect(dsn)
+async def conn(dsn: str) -> AsyncIterator[db.connection.Conn]:
+    connection = await db.connection.connect(dsn)
     try:
         yield connection
     finally:
@@ -72,12 +72,12 @@ async def conn(dsn: str) -> AsyncIterator[store.Conn]:
 
 
 @pytest.fixture
-async def connect(dsn: str) -> AsyncIterator[Callable[[], Awaitable[store.Conn]]]:
+async def connect(dsn: str) -> AsyncIterator[Callable[[], Awaitable[db.connection.Conn]]]:
     """Open more connections to this test's database (closed at the end of the test)."""
-    opened: list[store.Conn] = []
+    opened: list[db.connection.Conn] = []
 
-    async def open_one() -> store.Conn:
-        connection = await store.connect(dsn)
+    async def open_one() -> db.connection.Conn:
+        connection = await db.connection.connect(dsn)
         opened.append(connection)
         return connection
 
@@ -86,17 +86,17 @@ async def connect(dsn: str) -> AsyncIterator[Callable[[], Awaitable[store.Conn]]
         await connection.close()
 
 
-def new_task(**fields: Any) -> store.NewTask:
+def new_task(**fields: Any) -> db.queue.NewTask:
     """A task with a fresh uid and defaults that keep tests fast (no backoff, no jitter)."""
     defaults: dict[str, Any] = {
         "uid": str(uuid.uuid4()), "namespace": "default", "name": f"task-{next(_numbers)}",
         "type": "echo", "payload": {}, "backoff_initial_seconds": 0.0, "backoff_jitter": 0.0,
     }
-    return store.NewTask(**{**defaults, **fields})
+    return db.queue.NewTask(**{**defaults, **fields})
 
 
 @pytest.fixture(name="new_task")
-def new_task_fixture() -> Callable[..., store.NewTask]:
+def new_task_fixture() -> Callable[..., db.queue.NewTask]:
     return new_task
 
 

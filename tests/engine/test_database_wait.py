@@ -17,7 +17,7 @@ import sys
 import pytest
 from kubetask_dev.postgres import PostgresServer, free_port
 
-from kubetask import store
+from kubetask import db
 
 KUBETASK = str(pathlib.Path(sys.executable).parent / "kubetask")
 PROCESSES = {
@@ -44,7 +44,7 @@ async def test_a_database_that_comes_up_during_the_wait_is_used(tmp_path: pathli
     port = free_port()
     dsn = PostgresServer(data_dir=tmp_path / "data", port=port).dsn()
     retried = asyncio.Event()
-    waiting = asyncio.create_task(store.wait_until_reachable(dsn, 120, lambda error, delay: retried.set()))
+    waiting = asyncio.create_task(db.connection.wait_until_reachable(dsn, 120, lambda error, delay: retried.set()))
     server = None
     try:
         await asyncio.wait_for(retried.wait(), 30)

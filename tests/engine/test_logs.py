@@ -5,19 +5,19 @@ import os
 import pathlib
 from typing import Any
 
-from kubetask import store
+from kubetask import db
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
 async def test_a_json_worker_puts_the_task_on_every_line_of_an_attempt_the_handlers_own_too(
-        dsn: str, conn: store.Conn, new_task, start_worker_process, sigterm_when) -> None:
+        dsn: str, conn: db.connection.Conn, new_task, start_worker_process, sigterm_when) -> None:
     tasks = {
         "log-async": new_task(type="log-async", payload={"card": "4242"}),
         "log-sync": new_task(type="log-sync", payload={"card": "5555"}),
         "log-fail": new_task(type="log-fail", payload={}),
     }
-    await store.admit(conn, list(tasks.values()))
+    await db.queue.admit(conn, list(tasks.values()))
     # DEBUG: the worker's own per-task lines (started, succeeded) are DEBUG, and they must carry the task too.
     env = {"DATABASE_URL": dsn, "POD_NAME": "worker-logs-1", "KUBETASK_LOG_FORMAT": "json",
            "KUBETASK_LOG_LEVEL": "debug", "KUBETASK_HANDLERS": "log_handlers", "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -25,7 +25,7 @@ async def test_a_json_worker_puts_the_task_on_every_line_of_an_attempt_the_handl
     process = await start_worker_process(env)
 
     async def finished() -> bool:
-        rows = [await store.get_task(conn, t.uid) for t in tasks.values()]
+        rows = [await db.reads.get_task(conn, t.uid) for t in tasks.values()]
         return all(r is not None and r.state in ("succeeded", "dead_letter") for r in rows)
 
     code, output = await sigterm_when(process, finished, "the worker process to finish the three tasks")

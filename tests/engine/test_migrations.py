@@ -1,11 +1,13 @@
 """Migrations: applied in order, once, safely when two processes start at the same time."""
 
 import asyncio
+import pathlib
+import re
 
 import psycopg
 import pytest
 
-from kubetask import store
+from kubetask import db, states
 
 MIGRATIONS = ["0001_initial", "0002_history_retention"]
 
@@ -21,22 +23,22 @@ ORDER BY 1, 2
 """
 
 
-async def schema(conn: store.Conn) -> list[tuple[str, ...]]:
+async def schema(conn: db.connection.Conn) -> list[tuple[str, ...]]:
     cursor = await conn.execute(SCHEMA)
     return await cursor.fetchall()
 
 
 async def test_an_installed_version_1_with_rows_is_upgraded_by_the_later_migrations_only(
         empty_dsn: str, new_task) -> None:
-    conn = await store.connect(empty_dsn)
+    conn = await db.connection.connect(empty_dsn)
     try:
-        (first, sql), *_ = store._migrations()
+        (first, sql), *_ = db.sql.migrations()
         async with conn.transaction():  # what an operator of the first release left behind
-            await conn.execute(store.QUERIES["create_schema_version"])
+            await conn.execute(db.schema.QUERIES["create_schema_version"])
             await conn.execute(sql)
-            await conn.execute(store.QUERIES["record_migration"], {"name": first})
-        await store.admit(conn, [new_task()])
-        assert await store.migrate(conn) == MIGRATIONS[1:]
+            await conn.execute(db.schema.QUERIES["record_migration"], {"name": first})
+        await db.queue.admit(conn, [new_task()])
+        assert await db.schema.migrate(conn) == MIGRATIONS[1:]
         cursor = await conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'kubetask_tasks_finished'")
         assert await cursor.fetchall() == [
             ("CREATE INDEX kubetask_tasks_finished ON public.kubetask_tasks USING btree (finished_at) "
@@ -48,11 +50,11 @@ async def test_an_installed_version_1_with_rows_is_upgraded_by_the_later_migrati
 
 
 async def test_migrations_apply_once_and_twice_is_a_no_op(empty_dsn: str) -> None:
-    conn = await store.connect(empty_dsn)
+    conn = await db.connection.connect(empty_dsn)
     try:
-        assert await store.migrate(conn) == MIGRATIONS
+        assert await db.schema.migrate(conn) == MIGRATIONS
         before = await schema(conn)
-        assert await store.migrate(conn) == []
+        assert await db.schema.migrate(conn) == []
         assert await schema(conn) == before
         cursor = await conn.execute("SELECT name FROM kubetask_schema_version ORDER BY name")
         assert await cursor.fetchall() == [(name,) for name in MIGRATIONS]
@@ -61,9 +63,9 @@ async def test_migrations_apply_once_and_twice_is_a_no_op(empty_dsn: str) -> Non
 
 
 async def test_concurrent_migrations_apply_each_file_once(empty_dsn: str) -> None:
-    conns = [await store.connect(empty_dsn) for _ in range(3)]
+    conns = [await db.connection.connect(empty_dsn) for _ in range(3)]
     try:
-        results = await asyncio.gather(*(store.migrate(conn) for conn in conns))
+        results = await asyncio.gather(*(db.schema.migrate(conn) for conn in conns))
         assert sorted(results) == [[], [], MIGRATIONS]
     finally:
         for conn in conns:
@@ -79,17 +81,17 @@ async def test_concurrent_migrations_apply_each_file_once(empty_dsn: str) -> Non
     ("UPDATE kubetask_tasks SET backoff_jitter = 2", "kubetask_tasks_retry_policy_valid"),
     ("UPDATE kubetask_tasks SET payload = '[]'", "kubetask_tasks_payload_is_object"),
 ])
-async def test_named_constraints_keep_rows_consistent(conn: store.Conn, new_task, statement: str,
+async def test_named_constraints_keep_rows_consistent(conn: db.connection.Conn, new_task, statement: str,
                                                       constraint: str) -> None:
-    await store.admit(conn, [new_task()])
+    await db.queue.admit(conn, [new_task()])
     with pytest.raises(psycopg.errors.CheckViolation) as raised:
         await conn.execute(statement)
     assert raised.value.diag.constraint_name == constraint
 
 
-async def test_a_task_never_has_two_running_attempts(conn: store.Conn, new_task) -> None:
-    await store.admit(conn, [new_task()])
-    [task] = await store.claim(conn, "default", "p/1", "p", 1, 30)
+async def test_a_task_never_has_two_running_attempts(conn: db.connection.Conn, new_task) -> None:
+    await db.queue.admit(conn, [new_task()])
+    [task] = await db.queue.claim(conn, "default", "p/1", "p", 1, 30)
     with pytest.raises(psycopg.errors.UniqueViolation):
         await conn.execute(
             "INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner) VALUES (%s, 2, 'p', 'p/2')",
@@ -97,7 +99,33 @@ async def test_a_task_never_has_two_running_attempts(conn: store.Conn, new_task)
 
 
 def test_every_query_is_loaded_and_named_uniquely() -> None:
-    assert {"admit", "claim", "heartbeat", "fail", "hand_back", "lock_expired", "rescue",
-            "cancel", "retry_dead", "pending_status", "mark_mirrored", "queue_depths"} <= set(store.QUERIES)
+    assert {"admit", "complete_and_claim", "heartbeat", "fail", "hand_back", "cancel", "retry_dead"} <= set(db.queue.QUERIES)
+    assert {"expired_leases", "rescue", "missing_uids", "expired_ttl", "delete_history"} <= set(db.upkeep.QUERIES)
+    assert {"pending_status", "mark_mirrored"} <= set(db.outbox.QUERIES)
+    assert {"queue_depths", "finished_counts", "get_task"} <= set(db.reads.QUERIES)
     with pytest.raises(ValueError, match="defined twice"):
-        store._load_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+        db.sql.parse("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+
+
+def test_every_named_query_says_what_it_is_for() -> None:
+    """A one-line description above every statement (the file is read by people, not only loaded)."""
+    for slice_name in ("schema", "queue", "outbox", "upkeep", "reads"):
+        text = (pathlib.Path(db.__file__).parent / "sql" / f"{slice_name}.sql").read_text()
+        for name, first in re.findall(r"^-- name: (\w+)\n(.*)$", text, flags=re.M):
+            assert first.startswith("-- "), f"{slice_name}.sql: query {name} has no description"
+
+
+def test_sql_notifies_only_the_known_channels() -> None:
+    for slice_name in ("queue", "upkeep"):
+        text = (pathlib.Path(db.__file__).parent / "sql" / f"{slice_name}.sql").read_text()
+        assert set(re.findall(r"pg_notify\('(\w+)'", text)) <= set(db.connection.CHANNELS), slice_name
+
+
+def test_state_names_match_the_check_constraints() -> None:
+    """kubetask.states is the Python side of the CHECK constraints: the same words, both ways."""
+    (_, initial), *_ = db.sql.migrations()
+    task_states = re.search(r"CHECK \(state IN \(([^)]*)\)\)", initial)
+    outcomes = re.search(r"CHECK \(outcome IN \(([^)]*)\)\)", initial)
+    assert task_states and outcomes
+    assert set(re.findall(r"'(\w+)'", task_states.group(1))) == {str(s) for s in states.TaskState}
+    assert set(re.findall(r"'(\w+)'", outcomes.group(1))) == {str(o) for o in states.Outcome}

@@ -9,43 +9,43 @@ import datetime
 import json
 from typing import Any
 
-from kubetask import store
+from kubetask import db
 
 OWNER, POD = "pod-1/aaaa", "pod-1"
 DAY = datetime.timedelta(days=1)
 
 
-async def finish(conn: store.Conn, tasks: list[store.NewTask], how: str = "succeeded") -> None:
+async def finish(conn: db.connection.Conn, tasks: list[db.queue.NewTask], how: str = "succeeded") -> None:
     """Admit ``tasks`` and end each: ``succeeded``, ``dead_letter`` (a permanent failure) or ``cancelled``."""
-    await store.admit(conn, tasks)
+    await db.queue.admit(conn, tasks)
     if how == "cancelled":
         for task in tasks:
-            assert await store.cancel(conn, task.uid)
+            assert await db.queue.cancel(conn, task.uid)
         return
-    for claimed in await store.claim(conn, "default", OWNER, POD, len(tasks), 30):
+    for claimed in await db.queue.claim(conn, "default", OWNER, POD, len(tasks), 30):
         if how == "succeeded":
-            assert await store.complete(conn, claimed.id, OWNER, claimed.attempt, {"n": 1})
+            assert await db.queue.complete(conn, claimed.id, OWNER, claimed.attempt, {"n": 1})
         else:
-            assert await store.fail(conn, claimed.id, OWNER, claimed.attempt, error_type="PermanentError",
+            assert await db.queue.fail(conn, claimed.id, OWNER, claimed.attempt, error_type="PermanentError",
                                     message="no", traceback=None, retry_at=None)
 
 
-async def mirror_all(conn: store.Conn) -> None:
+async def mirror_all(conn: db.connection.Conn) -> None:
     """What the operator's mirror does once it has written every status."""
-    while rows := await store.pending_status(conn, 500):
-        await store.mark_mirrored(conn, [(row.id, row.version, row.state) for row in rows])
+    while rows := await db.outbox.pending_status(conn, 500):
+        await db.outbox.mark_mirrored(conn, [(row.id, row.version, row.state) for row in rows])
 
 
-async def age(conn: store.Conn, task: store.NewTask, by: datetime.timedelta) -> None:
+async def age(conn: db.connection.Conn, task: db.queue.NewTask, by: datetime.timedelta) -> None:
     await conn.execute("UPDATE kubetask_tasks SET finished_at = finished_at - %s WHERE uid = %s", [by, task.uid])
 
 
-async def remaining(conn: store.Conn) -> set[str]:
+async def remaining(conn: db.connection.Conn) -> set[str]:
     cursor = await conn.execute("SELECT uid::text FROM kubetask_tasks")
     return {uid for (uid,) in await cursor.fetchall()}
 
 
-async def attempts_of(conn: store.Conn, uids: list[str]) -> int:
+async def attempts_of(conn: db.connection.Conn, uids: list[str]) -> int:
     cursor = await conn.execute("SELECT count(*) FROM kubetask_attempts a JOIN kubetask_tasks t ON t.id = a.task_id"
                                 " WHERE t.uid = ANY(%s::uuid[])", [uids])
     row = await cursor.fetchone()
@@ -53,30 +53,30 @@ async def attempts_of(conn: store.Conn, uids: list[str]) -> int:
     return int(row[0])
 
 
-async def purge(conn: store.Conn, *, days: float | None = None, keep_last: int | None = None,
+async def purge(conn: db.connection.Conn, *, days: float | None = None, keep_last: int | None = None,
                 batch: int = 5_000) -> int:
     """One retention pass, as the operator's cleaner runs it."""
-    cutoff = await store.history_cutoff(conn, retention_days=days, keep_last=keep_last)
+    cutoff = await db.upkeep.history_cutoff(conn, retention_days=days, keep_last=keep_last)
     deleted = 0
     while cutoff is not None:
-        n = await store.delete_history(conn, cutoff, batch)
+        n = await db.upkeep.delete_history(conn, cutoff, batch)
         deleted += n
         if n < batch:
             break
     return deleted
 
 
-async def test_no_retention_setting_deletes_nothing(conn: store.Conn, new_task) -> None:
+async def test_no_retention_setting_deletes_nothing(conn: db.connection.Conn, new_task) -> None:
     old = new_task()
     await finish(conn, [old])
     await mirror_all(conn)
     await age(conn, old, 3650 * DAY)
-    assert await store.history_cutoff(conn, retention_days=None, keep_last=None) is None
+    assert await db.upkeep.history_cutoff(conn, retention_days=None, keep_last=None) is None
     assert await remaining(conn) == {old.uid}
 
 
 async def test_days_delete_every_kind_of_finished_task_older_than_the_retention_with_its_attempts(
-        conn: store.Conn, new_task) -> None:
+        conn: db.connection.Conn, new_task) -> None:
     succeeded, dead, cancelled, recent = new_task(), new_task(), new_task(), new_task()
     await finish(conn, [succeeded])
     await finish(conn, [dead], "dead_letter")
@@ -93,19 +93,19 @@ async def test_days_delete_every_kind_of_finished_task_older_than_the_retention_
     assert await remaining(conn) == {recent.uid}
     cursor = await conn.execute("SELECT count(*) FROM kubetask_attempts")
     assert await cursor.fetchone() == (1,), "the deleted tasks' attempts went with them"
-    assert await store.task_history(conn, succeeded.uid) == []
-    assert len(await store.task_history(conn, recent.uid)) == 1
+    assert await db.reads.task_history(conn, succeeded.uid) == []
+    assert len(await db.reads.task_history(conn, recent.uid)) == 1
 
 
-async def test_unfinished_tasks_are_never_deleted_however_old(conn: store.Conn, new_task) -> None:
+async def test_unfinished_tasks_are_never_deleted_however_old(conn: db.connection.Conn, new_task) -> None:
     queued, running, retrying = new_task(), new_task(), new_task(max_retries=5)
     long_ago = datetime.datetime.now(datetime.UTC) - 400 * DAY
-    await store.admit(conn, [running, retrying])
-    claimed = {t.uid: t for t in await store.claim(conn, "default", OWNER, POD, 2, 30)}
+    await db.queue.admit(conn, [running, retrying])
+    claimed = {t.uid: t for t in await db.queue.claim(conn, "default", OWNER, POD, 2, 30)}
     retry_at = datetime.datetime.now(datetime.UTC) + DAY
-    assert await store.fail(conn, claimed[retrying.uid].id, OWNER, 1, error_type="E", message="m",
+    assert await db.queue.fail(conn, claimed[retrying.uid].id, OWNER, 1, error_type="E", message="m",
                             traceback=None, retry_at=retry_at)
-    await store.admit(conn, [queued])
+    await db.queue.admit(conn, [queued])
     await mirror_all(conn)
     await conn.execute("UPDATE kubetask_tasks SET created_at = %s, started_at = %s", [long_ago, long_ago])
 
@@ -114,16 +114,16 @@ async def test_unfinished_tasks_are_never_deleted_however_old(conn: store.Conn, 
     assert await remaining(conn) == {queued.uid, running.uid, retrying.uid}
 
 
-async def test_keep_last_keeps_the_most_recently_finished_across_queues(conn: store.Conn, new_task) -> None:
+async def test_keep_last_keeps_the_most_recently_finished_across_queues(conn: db.connection.Conn, new_task) -> None:
     tasks = [new_task() for _ in range(6)]
     await finish(conn, tasks)
     await mirror_all(conn)
     for number, task in enumerate(tasks):  # tasks[0] finished longest ago
         await age(conn, task, (10 - number) * datetime.timedelta(minutes=1))
     other_queue = new_task(queue="mail")
-    await store.admit(conn, [other_queue])
-    [claimed] = await store.claim(conn, "mail", OWNER, POD, 1, 30)
-    assert await store.complete(conn, claimed.id, OWNER, claimed.attempt, None)
+    await db.queue.admit(conn, [other_queue])
+    [claimed] = await db.queue.claim(conn, "mail", OWNER, POD, 1, 30)
+    assert await db.queue.complete(conn, claimed.id, OWNER, claimed.attempt, None)
     await mirror_all(conn)  # finished just now: the newest of all
 
     assert await purge(conn, keep_last=3) == 4
@@ -131,7 +131,7 @@ async def test_keep_last_keeps_the_most_recently_finished_across_queues(conn: st
     assert await purge(conn, keep_last=3) == 0, "a second pass finds nothing more"
 
 
-async def test_either_rule_deletes_when_both_are_set(conn: store.Conn, new_task) -> None:
+async def test_either_rule_deletes_when_both_are_set(conn: db.connection.Conn, new_task) -> None:
     old, middle, newest = new_task(), new_task(), new_task()
     await finish(conn, [old, middle, newest])
     await mirror_all(conn)
@@ -142,7 +142,7 @@ async def test_either_rule_deletes_when_both_are_set(conn: store.Conn, new_task)
     assert await remaining(conn) == {newest.uid}
 
 
-async def test_a_status_not_yet_mirrored_keeps_its_row(conn: store.Conn, new_task) -> None:
+async def test_a_status_not_yet_mirrored_keeps_its_row(conn: db.connection.Conn, new_task) -> None:
     task = new_task()
     await finish(conn, [task])
     await age(conn, task, 30 * DAY)
@@ -152,46 +152,46 @@ async def test_a_status_not_yet_mirrored_keeps_its_row(conn: store.Conn, new_tas
 
 
 async def test_a_row_whose_task_waits_for_its_ttl_deletion_stays_until_the_object_is_deleted(
-        conn: store.Conn, new_task) -> None:
+        conn: db.connection.Conn, new_task) -> None:
     task = new_task(ttl_seconds_after_finished=90 * 86400)
     await finish(conn, [task])
     await mirror_all(conn)
     await age(conn, task, 30 * DAY)
     assert await purge(conn, days=1) == 0, "the cleaner finds the object to delete through the row"
-    await store.mark_object_deleted(conn, task.uid)
+    await db.upkeep.mark_object_deleted(conn, task.uid)
     assert await purge(conn, days=1) == 1
 
 
-async def test_each_statement_deletes_at_most_its_batch_oldest_first(conn: store.Conn, new_task) -> None:
+async def test_each_statement_deletes_at_most_its_batch_oldest_first(conn: db.connection.Conn, new_task) -> None:
     tasks = [new_task() for _ in range(7)]
     await finish(conn, tasks)
     await mirror_all(conn)
     for number, task in enumerate(tasks):
         await age(conn, task, (20 - number) * DAY)
-    cutoff = await store.history_cutoff(conn, retention_days=1, keep_last=None)
+    cutoff = await db.upkeep.history_cutoff(conn, retention_days=1, keep_last=None)
     assert cutoff is not None
-    assert await store.delete_history(conn, cutoff, 3) == 3
+    assert await db.upkeep.delete_history(conn, cutoff, 3) == 3
     assert await remaining(conn) == {t.uid for t in tasks[3:]}, "the oldest three"
-    assert await store.delete_history(conn, cutoff, 3) == 3
-    assert await store.delete_history(conn, cutoff, 3) == 1
-    assert await store.delete_history(conn, cutoff, 3) == 0
+    assert await db.upkeep.delete_history(conn, cutoff, 3) == 3
+    assert await db.upkeep.delete_history(conn, cutoff, 3) == 1
+    assert await db.upkeep.delete_history(conn, cutoff, 3) == 0
 
 
-async def test_a_dead_letter_being_retried_is_passed_over_and_never_deleted(conn: store.Conn, connect,
+async def test_a_dead_letter_being_retried_is_passed_over_and_never_deleted(conn: db.connection.Conn, connect,
                                                                              new_task) -> None:
     task = new_task()
     await finish(conn, [task], "dead_letter")
     await mirror_all(conn)
     await age(conn, task, 30 * DAY)
-    cutoff = await store.history_cutoff(conn, retention_days=1, keep_last=None)
+    cutoff = await db.upkeep.history_cutoff(conn, retention_days=1, keep_last=None)
     assert cutoff is not None
     other = await connect()
     async with other.transaction():
         # The operator's retry, not yet committed, holds the row.
-        assert await store.retry_dead(other, task.uid, "token-1")
-        assert await store.delete_history(conn, cutoff, 10) == 0, "SKIP LOCKED: the row is being changed"
-    assert await store.delete_history(conn, cutoff, 10) == 0, "queued again: not history any more"
-    row = await store.get_task(conn, task.uid)
+        assert await db.queue.retry_dead(other, task.uid, "token-1")
+        assert await db.upkeep.delete_history(conn, cutoff, 10) == 0, "SKIP LOCKED: the row is being changed"
+    assert await db.upkeep.delete_history(conn, cutoff, 10) == 0, "queued again: not history any more"
+    row = await db.reads.get_task(conn, task.uid)
     assert row is not None and row.state == "queued"
 
 
@@ -202,7 +202,7 @@ def _plan_nodes(plan: Any) -> list[dict[str, Any]]:
     return nodes
 
 
-async def test_retention_and_stats_read_finished_rows_through_the_finished_index(conn: store.Conn) -> None:
+async def test_retention_and_stats_read_finished_rows_through_the_finished_index(conn: db.connection.Conn) -> None:
     """At a million rows a sequential scan per batch would read the whole table; the index reads the batch."""
     await conn.execute("""
         INSERT INTO kubetask_tasks (uid, namespace, name, type, state, attempts, worker_pod, started_at,
@@ -211,11 +211,11 @@ async def test_retention_and_stats_read_finished_rows_through_the_finished_index
                now() - make_interval(mins => i), now() - make_interval(mins => i), 3, 3, 'succeeded'
         FROM generate_series(1, 20000) AS i""")
     await conn.execute("ANALYZE kubetask_tasks")
-    cutoff = await store.history_cutoff(conn, retention_days=7, keep_last=None)
+    cutoff = await db.upkeep.history_cutoff(conn, retention_days=7, keep_last=None)
     statements = {
-        "delete_history": (store.QUERIES["delete_history"], {"cutoff": cutoff, "limit": 5000}),
-        "history_cutoff": (store.QUERIES["history_cutoff"], {"retention_days": None, "keep_last": 1000}),
-        "queue_stats": (store.QUERIES["queue_stats"], {"window_seconds": 60}),
+        "delete_history": (db.upkeep.QUERIES["delete_history"], {"cutoff": cutoff, "limit": 5000}),
+        "history_cutoff": (db.upkeep.QUERIES["history_cutoff"], {"retention_days": None, "keep_last": 1000}),
+        "finished_counts": (db.reads.QUERIES["finished_counts"], {"window_seconds": 60}),
     }
     for name, (query, params) in statements.items():
         cursor = await conn.execute(b"EXPLAIN (FORMAT JSON) " + query.encode(), params)
@@ -225,6 +225,6 @@ async def test_retention_and_stats_read_finished_rows_through_the_finished_index
         nodes = _plan_nodes(plan[0]["Plan"])
         indexes = {node.get("Index Name") for node in nodes}
         assert "kubetask_tasks_finished" in indexes, (name, json.dumps(plan, indent=1)[:3000])
-        if name != "queue_stats":  # its dead-letter total reads by state, not by finished_at
+        if name != "finished_counts":  # its dead-letter total reads by state, not by finished_at
             scans = [node for node in nodes if node["Node Type"] == "Seq Scan"]
             assert not scans, (name, scans)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from kubetask import handlers, settings, store, worker
+from kubetask import db, handlers, settings, worker
+from kubetask.operator import upkeep
 
 FINAL = ("succeeded", "dead_letter", "cancelled")
 
@@ -84,9 +85,9 @@ async def start_worker(dsn: str) -> AsyncIterator[StartWorker]:
         running.task.result()  # a worker that crashed fails the test
 
 
-async def wait_final(conn: store.Conn, wait_until, uids: list[str], timeout: float = 20.0) -> dict[str, store.TaskRow]:
-    async def all_final() -> dict[str, store.TaskRow] | None:
-        rows = {uid: await store.get_task(conn, uid) for uid in uids}
+async def wait_final(conn: db.connection.Conn, wait_until, uids: list[str], timeout: float = 20.0) -> dict[str, db.reads.TaskRow]:
+    async def all_final() -> dict[str, db.reads.TaskRow] | None:
+        rows = {uid: await db.reads.get_task(conn, uid) for uid in uids}
         if all(row is not None and row.state in FINAL for row in rows.values()):
             return rows  # type: ignore[return-value]
         return None
@@ -94,15 +95,15 @@ async def wait_final(conn: store.Conn, wait_until, uids: list[str], timeout: flo
     return await wait_until(all_final, timeout=timeout, what=f"{len(uids)} tasks to finish")
 
 
-async def wait_state(conn: store.Conn, wait_until, uid: str, state: str) -> store.TaskRow:
-    async def reached() -> store.TaskRow | None:
-        row = await store.get_task(conn, uid)
+async def wait_state(conn: db.connection.Conn, wait_until, uid: str, state: str) -> db.reads.TaskRow:
+    async def reached() -> db.reads.TaskRow | None:
+        row = await db.reads.get_task(conn, uid)
         return row if row is not None and row.state == state else None
 
     return await wait_until(reached, what=f"task {uid} to be {state}")
 
 
-async def test_builtin_handlers_end_to_end(conn: store.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
+async def test_builtin_handlers_end_to_end(conn: db.connection.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
     tasks = {
         "echo": new_task(type="echo", payload={"hello": "wörld"}),
         "sleep": new_task(type="sleep", payload={"seconds": 0.05}),
@@ -115,7 +116,7 @@ async def test_builtin_handlers_end_to_end(conn: store.Conn, start_worker: Start
         "unknown": new_task(type="no-such-handler"),
     }
     await start_worker()
-    await store.admit(conn, list(tasks.values()))
+    await db.queue.admit(conn, list(tasks.values()))
     rows = await wait_final(conn, wait_until, [t.uid for t in tasks.values()])
     got = {key: rows[task.uid] for key, task in tasks.items()}
 
@@ -134,18 +135,18 @@ async def test_builtin_handlers_end_to_end(conn: store.Conn, start_worker: Start
     assert unknown.last_error is not None and unknown.last_error["type"] == "UnknownHandler"
     assert "known handlers: echo, email, fail, image, report, sleep" in unknown.last_error["message"]
 
-    flaky = await store.task_history(conn, tasks["flaky"].uid)
+    flaky = await db.reads.task_history(conn, tasks["flaky"].uid)
     assert [a.outcome for a in flaky] == ["failed", "failed", "succeeded"]
     assert all(a.worker_pod == "worker-0" for a in flaky)
 
 
-async def test_result_errors_and_tracebacks(conn: store.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
+async def test_result_errors_and_tracebacks(conn: db.connection.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
     tasks = [new_task(type=t, max_retries=0) for t in ("test-unserializable", "test-big", "test-nul", "test-raise")]
     tasks[-1] = dataclasses.replace(tasks[-1], payload={"value": 7})
     await start_worker(max_result_bytes=100)
-    await store.admit(conn, tasks)
+    await db.queue.admit(conn, tasks)
     await wait_final(conn, wait_until, [t.uid for t in tasks])
-    attempts = [(await store.task_history(conn, t.uid))[0] for t in tasks]
+    attempts = [(await db.reads.task_history(conn, t.uid))[0] for t in tasks]
     assert [(a.outcome, a.error_type) for a in attempts] == [
         ("failed", "ResultNotSerializable"), ("failed", "ResultTooLarge"),
         ("failed", "ResultNotSerializable"), ("failed", "ValueError")]
@@ -157,59 +158,59 @@ async def test_result_errors_and_tracebacks(conn: store.Conn, start_worker: Star
     assert attempts[0].traceback is None, "the worker's own errors carry no traceback"
 
 
-async def test_timeouts_async_and_blocking(conn: store.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
+async def test_timeouts_async_and_blocking(conn: db.connection.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
     slow_async = new_task(type="sleep", payload={"seconds": 30}, timeout_seconds=1, max_retries=0)
     slow_thread = new_task(type="test-blocking", payload={"seconds": 30}, timeout_seconds=1, max_retries=0)
     await start_worker()
     started = time.monotonic()
-    await store.admit(conn, [slow_async, slow_thread])
+    await db.queue.admit(conn, [slow_async, slow_thread])
     await wait_final(conn, wait_until, [slow_async.uid, slow_thread.uid], timeout=10)
     assert time.monotonic() - started < 5
     for task in (slow_async, slow_thread):
-        [attempt] = await store.task_history(conn, task.uid)
+        [attempt] = await db.reads.task_history(conn, task.uid)
         assert (attempt.outcome, attempt.error_type) == ("timeout", "AttemptTimeout")
         assert "timeoutSeconds=1" in (attempt.error_message or "")
-    [attempt] = await store.task_history(conn, slow_thread.uid)
+    [attempt] = await db.reads.task_history(conn, slow_thread.uid)
     assert "thread cannot be stopped" in (attempt.error_message or "")
 
 
-async def test_graceful_stop_hands_back_what_does_not_finish(conn: store.Conn, start_worker: StartWorker, new_task,
+async def test_graceful_stop_hands_back_what_does_not_finish(conn: db.connection.Conn, start_worker: StartWorker, new_task,
                                                              wait_until) -> None:
     long, short = new_task(type="sleep", payload={"seconds": 60}), new_task(type="sleep", payload={"seconds": 0.5})
     running = await start_worker(shutdown_timeout_seconds=1.0)
-    await store.admit(conn, [long, short])
+    await db.queue.admit(conn, [long, short])
     await wait_state(conn, wait_until, long.uid, "running")
     await wait_state(conn, wait_until, short.uid, "running")
     await running.shutdown(timeout=10)
 
-    assert (await store.get_task(conn, short.uid)).state == "succeeded"  # type: ignore[union-attr]
-    row = await store.get_task(conn, long.uid)
+    assert (await db.reads.get_task(conn, short.uid)).state == "succeeded"  # type: ignore[union-attr]
+    row = await db.reads.get_task(conn, long.uid)
     assert row is not None
     assert (row.state, row.attempts, row.budget_base, row.lease_owner) == ("queued", 1, 1, None)
-    [attempt] = await store.task_history(conn, long.uid)
+    [attempt] = await db.reads.task_history(conn, long.uid)
     assert (attempt.outcome, attempt.error_type) == ("handed_back", "HandedBack")
-    assert await store.claim(conn, "other", "x/1", "x", 10, 30) == []
-    [again] = await store.claim(conn, "default", "next/1", "next", 10, 30)
+    assert await db.queue.claim(conn, "other", "x/1", "x", 10, 30) == []
+    [again] = await db.queue.claim(conn, "default", "next/1", "next", 10, 30)
     assert (again.uid, again.attempt_in_budget) == (long.uid, 1)
 
 
-async def test_cancelled_task_frees_its_slot(conn: store.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
+async def test_cancelled_task_frees_its_slot(conn: db.connection.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
     long, after = new_task(type="sleep", payload={"seconds": 60}), new_task(type="echo")
     await start_worker(concurrency=1)
-    await store.admit(conn, [long])
+    await db.queue.admit(conn, [long])
     await wait_state(conn, wait_until, long.uid, "running")
-    assert await store.cancel(conn, long.uid)
-    await store.admit(conn, [after])
+    assert await db.queue.cancel(conn, long.uid)
+    await db.queue.admit(conn, [after])
     await wait_state(conn, wait_until, after.uid, "succeeded")
-    assert [a.outcome for a in await store.task_history(conn, long.uid)] == ["cancelled"]
+    assert [a.outcome for a in await db.reads.task_history(conn, long.uid)] == ["cancelled"]
 
 
-async def test_two_workers_run_each_of_200_tasks_exactly_once(conn: store.Conn, start_worker: StartWorker, new_task,
+async def test_two_workers_run_each_of_200_tasks_exactly_once(conn: db.connection.Conn, start_worker: StartWorker, new_task,
                                                               wait_until) -> None:
     tasks = [new_task(type="echo", payload={"i": i}) for i in range(200)]
     await start_worker(concurrency=4)
     await start_worker(concurrency=4)
-    await store.admit(conn, tasks)
+    await db.queue.admit(conn, tasks)
 
     async def all_done() -> bool:
         cursor = await conn.execute("SELECT count(*) FROM kubetask_tasks WHERE state = 'succeeded'")
@@ -224,27 +225,27 @@ async def test_two_workers_run_each_of_200_tasks_exactly_once(conn: store.Conn, 
     assert await cursor.fetchone() == (200,)
 
 
-async def test_leases_are_renewed_while_a_task_runs(conn: store.Conn, start_worker: StartWorker, new_task,
+async def test_leases_are_renewed_while_a_task_runs(conn: db.connection.Conn, start_worker: StartWorker, new_task,
                                                     wait_until) -> None:
     task = new_task(type="sleep", payload={"seconds": 1.5})
     await start_worker(lease_seconds=0.6, heartbeat_interval_seconds=0.1)
-    await store.admit(conn, [task])
+    await db.queue.admit(conn, [task])
     await wait_state(conn, wait_until, task.uid, "running")
 
     async def finished_without_rescue() -> bool:
-        assert await store.rescue_expired(conn) == []
-        row = await store.get_task(conn, task.uid)
+        assert await upkeep.rescue(conn) == []
+        row = await db.reads.get_task(conn, task.uid)
         return row is not None and row.state == "succeeded"
 
     await wait_until(finished_without_rescue, interval=0.1, what="the task to finish")
-    assert [a.outcome for a in await store.task_history(conn, task.uid)] == ["succeeded"]
+    assert [a.outcome for a in await db.reads.task_history(conn, task.uid)] == ["succeeded"]
 
 
-async def test_worker_reconnects_after_its_connections_are_killed(conn: store.Conn, start_worker: StartWorker,
+async def test_worker_reconnects_after_its_connections_are_killed(conn: db.connection.Conn, start_worker: StartWorker,
                                                                   new_task, wait_until) -> None:
     first, second = new_task(), new_task()
     await start_worker(poll_interval_seconds=0.2)
-    await store.admit(conn, [first])
+    await db.queue.admit(conn, [first])
     await wait_state(conn, wait_until, first.uid, "succeeded")
 
     cursor = await conn.execute(
@@ -252,12 +253,12 @@ async def test_worker_reconnects_after_its_connections_are_killed(conn: store.Co
         "WHERE application_name LIKE 'kubetask-worker %%' AND datname = current_database()")
     row = await cursor.fetchone()
     assert row is not None and row[0] == 2, "the listener and the work connection"
-    await store.admit(conn, [second])
+    await db.queue.admit(conn, [second])
     await wait_state(conn, wait_until, second.uid, "succeeded")
 
 
 async def test_a_handler_reads_a_secret_named_by_the_payload_never_storing_it(
-        conn: store.Conn, start_worker: StartWorker, new_task, wait_until, tmp_path) -> None:
+        conn: db.connection.Conn, start_worker: StartWorker, new_task, wait_until, tmp_path) -> None:
     # What the chart does for a pool with `secrets: [smtp-credentials]`: one directory per Secret.
     mounted = tmp_path / "secrets" / "smtp-credentials"
     mounted.mkdir(parents=True)
@@ -272,7 +273,7 @@ async def test_a_handler_reads_a_secret_named_by_the_payload_never_storing_it(
                                                      "credentials": "../../etc"}, max_retries=3),
     }
     await start_worker(secrets_dir=tmp_path / "secrets")
-    await store.admit(conn, list(tasks.values()))
+    await db.queue.admit(conn, list(tasks.values()))
     rows = await wait_final(conn, wait_until, [t.uid for t in tasks.values()])
     got = {key: rows[task.uid] for key, task in tasks.items()}
 

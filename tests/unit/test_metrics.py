@@ -5,7 +5,7 @@ from __future__ import annotations
 import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubetask import metrics, store
+from kubetask import db, metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -62,7 +62,8 @@ def _operator(leading: bool, database: metrics.DatabaseFacts | None) -> metrics.
 
 
 FACTS = metrics.DatabaseFacts(
-    queues=[store.QueueGauges(queue="a", queued=5, running=2, retrying=1, due=4, oldest_due_seconds=12.5)],
+    queues=[db.reads.QueueDepth("a", queued=5, retrying=1, due=4, scheduled=2, running=2, oldest_due_seconds=12.5,
+                                busy_pods={"w": 2})],
     mirror_backlog=3, mirror_lag_seconds=0.25)
 
 

@@ -1,0 +1,250 @@
+-- kubetask.db.queue: see kubetask/db/sql.py for the conventions every file follows.
+
+-- name: admit
+-- New Tasks in one round trip; a uid already admitted is skipped (relists after a restart).
+WITH incoming AS (
+    SELECT *
+    FROM unnest(
+        %(uid)s::uuid[], %(namespace)s::text[], %(name)s::text[], %(type)s::text[],
+        %(payload)s::jsonb[], %(queue)s::text[], %(priority)s::integer[],
+        %(max_retries)s::integer[], %(backoff_initial_seconds)s::float8[],
+        %(backoff_factor)s::float8[], %(backoff_max_seconds)s::float8[],
+        %(backoff_jitter)s::float8[], %(timeout_seconds)s::integer[],
+        %(run_at)s::timestamptz[], %(ttl_seconds_after_finished)s::integer[]
+    ) AS i (uid, namespace, name, type, payload, queue, priority, max_retries,
+            backoff_initial_seconds, backoff_factor, backoff_max_seconds,
+            backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished)
+), inserted AS (
+    INSERT INTO kubetask_tasks (
+        uid, namespace, name, type, payload, queue, priority, max_retries,
+        backoff_initial_seconds, backoff_factor, backoff_max_seconds,
+        backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished)
+    SELECT uid, namespace, name, type, payload, queue, priority, max_retries,
+           backoff_initial_seconds, backoff_factor, backoff_max_seconds,
+           backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished
+    FROM incoming
+    ON CONFLICT (uid) DO NOTHING
+    RETURNING queue, run_at
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue)
+    FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now()) AS due
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM inserted)
+)
+SELECT (SELECT count(*) FROM inserted) AS admitted,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified;
+
+-- name: complete_and_claim
+-- The worker's one statement per round trip: record the successes it holds
+-- (possibly none) and claim up to %(limit)s due tasks (possibly 0), so a busy
+-- worker writes the results of one batch and takes the next in one go.
+--
+-- Successes: each row is guarded by lease owner, state and attempt number,
+-- so a late result of an attempt that was rescued, cancelled or superseded
+-- changes nothing; "recorded" lists the ids that were written.
+-- Claims: FOR UPDATE SKIP LOCKED on the partial index shaped for it; the
+-- task becomes running with a lease, and its attempt row is inserted. The
+-- two halves touch disjoint rows (running vs queued/retrying).
+-- Always returns at least one row; the claim columns are NULL when nothing
+-- was claimed. %(limit)s is written into the text as a literal by
+-- db.queue._complete_and_claim_with_limit, not bound, so the plan cache keeps one cheap
+-- generic plan per limit instead of replanning every call on a big table.
+WITH incoming AS (
+    -- done_results is one JSON array (one encoding for the whole batch), zipped with the ids.
+    SELECT *
+    FROM unnest(%(done_id)s::bigint[], %(done_attempt)s::integer[],
+                ARRAY(SELECT r.value FROM jsonb_array_elements(%(done_results)s::jsonb) WITH ORDINALITY AS r
+                      ORDER BY r.ordinality))
+        AS i (task_id, attempt, result)
+), done AS (
+    UPDATE kubetask_tasks AS t
+    SET state = 'succeeded',
+        result = i.result,
+        finished_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = t.version + 1
+    FROM incoming AS i
+    -- Found by primary key ("id = ANY"). The lease owner is the state guard: a row has one only
+    -- while running (CHECK kubetask_tasks_lease_only_while_running). Spelling out state = 'running'
+    -- as well would let the planner pick the lease-expiry index, whose dead entries (every task
+    -- that ever ran, until a vacuum) it would then scan on every call.
+    WHERE t.id = ANY(%(done_id)s::bigint[]) AND t.id = i.task_id AND t.lease_owner = %(lease_owner)s
+      AND t.attempts = i.attempt
+    RETURNING t.id, t.attempts, i.result
+), done_attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'succeeded', finished_at = now(), result = done.result
+    FROM done
+    WHERE a.task_id = ANY(%(done_id)s::bigint[]) AND a.task_id = done.id AND a.number = done.attempts
+      AND a.outcome = 'running'
+), picked AS (
+    SELECT id
+    FROM kubetask_tasks
+    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE kubetask_tasks AS t
+    SET state = 'running',
+        attempts = t.attempts + 1,
+        lease_owner = %(lease_owner)s,
+        worker_pod = %(worker_pod)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(),
+        version = t.version + 1
+    -- "id = ANY(ARRAY(…))" rather than a join: found by primary key even by a plan that cannot
+    -- know how small LIMIT is (a generic plan assumes a tenth of the table, and hash-joins it).
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING t.id, t.uid, t.namespace, t.name, t.queue, t.type, t.payload, t.attempts, t.budget_base,
+              t.timeout_seconds, t.max_retries, t.backoff_initial_seconds, t.backoff_factor,
+              t.backoff_max_seconds, t.backoff_jitter, t.lease_owner, t.worker_pod, t.started_at,
+              t.priority, t.run_at
+), attempt AS (
+    INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner, started_at)
+    SELECT id, attempts, worker_pod, lease_owner, started_at FROM claimed
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '')
+    WHERE EXISTS (SELECT FROM done) OR EXISTS (SELECT FROM claimed)
+)
+SELECT (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
+       (SELECT count(*) FROM notified_status) AS notified,
+       c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
+       c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
+       c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
+       c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod,
+       extract(epoch FROM c.started_at - c.run_at)::float8 AS waited_seconds
+FROM (VALUES (1)) AS one (always) LEFT JOIN claimed AS c ON true
+ORDER BY c.priority DESC, c.run_at, c.id;
+
+-- name: heartbeat
+-- Extends only the leases of tasks the worker says it runs; returns those it
+-- thinks it runs but no longer holds (cancelled, or rescued after a stall).
+-- A lease is not part of a Task's status: no version bump.
+WITH extended AS (
+    UPDATE kubetask_tasks
+    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    WHERE id = ANY(%(held)s::bigint[]) AND lease_owner = %(lease_owner)s AND state = 'running'
+    RETURNING id
+)
+SELECT held.id
+FROM unnest(%(held)s::bigint[]) AS held (id)
+WHERE held.id NOT IN (SELECT id FROM extended)
+ORDER BY held.id;
+
+-- name: fail
+-- A failed attempt (the handler raised or timed out). retry_at NULL: dead
+-- letter. Otherwise retrying until retry_at; when that is already due the
+-- queue is notified at once.
+WITH failed AS (
+    UPDATE kubetask_tasks
+    SET state = CASE WHEN %(retry_at)s::timestamptz IS NULL THEN 'dead_letter' ELSE 'retrying' END,
+        run_at = coalesce(%(retry_at)s::timestamptz, run_at),
+        finished_at = CASE WHEN %(retry_at)s::timestamptz IS NULL THEN now() END,
+        last_error = jsonb_build_object(
+            'type', %(error_type)s::text, 'message', %(message)s::text, 'attempt', attempts),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = version + 1
+    WHERE id = %(task_id)s AND lease_owner = %(lease_owner)s AND state = 'running'
+      AND attempts = %(attempt)s
+    RETURNING id, attempts, state, queue, run_at
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = %(outcome)s, finished_at = now(), error_type = %(error_type)s,
+        error_message = %(message)s, traceback = %(traceback)s
+    FROM failed
+    WHERE a.task_id = failed.id AND a.number = failed.attempts AND a.outcome = 'running'
+    RETURNING a.number
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue) FROM failed
+    WHERE state = 'retrying' AND run_at <= now()
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM failed)
+)
+SELECT (SELECT count(*) FROM failed) AS tasks,
+       (SELECT count(*) FROM attempt) AS attempts,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified;
+
+-- name: hand_back
+-- Graceful shutdown. The task keeps its run_at (it was due, so it goes back
+-- to the front of its priority), and budget_base moves with attempts so the
+-- handed-back attempt does not spend the retry budget.
+WITH back AS (
+    UPDATE kubetask_tasks
+    SET state = 'queued',
+        budget_base = budget_base + 1,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = version + 1
+    WHERE id = ANY(%(task_ids)s::bigint[]) AND lease_owner = %(lease_owner)s AND state = 'running'
+    RETURNING id, attempts, queue, worker_pod
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'handed_back', finished_at = now(), error_type = 'HandedBack',
+        error_message = 'worker pod ' || back.worker_pod
+            || ' shut down before the attempt finished and returned the task to the queue'
+    FROM back
+    WHERE a.task_id = back.id AND a.number = back.attempts AND a.outcome = 'running'
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue) FROM (SELECT DISTINCT queue FROM back) AS q
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM back)
+)
+SELECT (SELECT count(*) FROM back) AS tasks,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified;
+
+-- name: cancel
+-- Tasks whose object was deleted: unfinished ones become cancelled, their running attempt
+-- too; the history stays.
+WITH cancelled AS (
+    UPDATE kubetask_tasks
+    SET state = 'cancelled',
+        finished_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = version + 1
+    WHERE uid = ANY(%(uids)s::uuid[]) AND state IN ('queued', 'running', 'retrying')
+    RETURNING id, attempts
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'cancelled', finished_at = now(), error_type = 'Cancelled',
+        error_message = 'the Task was deleted while this attempt was running'
+    FROM cancelled AS c
+    WHERE a.task_id = c.id AND a.number = c.attempts AND a.outcome = 'running'
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM cancelled)
+)
+SELECT (SELECT count(*) FROM cancelled) AS tasks,
+       (SELECT count(*) FROM notified_status) AS notified;
+
+-- name: retry_dead
+-- A fresh retry budget (budget_base = attempts); attempt numbers and history
+-- continue. The old result goes (it would contradict the new phase); the last
+-- error stays as the reason for the retry until a new attempt replaces it.
+-- A token already acted on changes nothing.
+WITH requeued AS (
+    UPDATE kubetask_tasks
+    SET state = 'queued',
+        run_at = now(),
+        budget_base = attempts,
+        finished_at = NULL,
+        result = NULL,
+        retry_token = coalesce(%(token)s::text, retry_token),
+        version = version + 1
+    WHERE uid = %(uid)s::uuid AND state IN ('dead_letter', 'succeeded')
+      AND (%(token)s::text IS NULL OR retry_token IS DISTINCT FROM %(token)s::text)
+      AND object_deleted_at IS NULL
+    RETURNING queue
+), notified_queue AS (
+    SELECT pg_notify('kubetask_queue', queue) FROM requeued
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM requeued)
+)
+SELECT (SELECT count(*) FROM requeued) AS tasks,
+       (SELECT count(*) FROM notified_queue) AS queues_notified,
+       (SELECT count(*) FROM notified_status) AS status_notified;

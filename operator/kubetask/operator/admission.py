@@ -1,0 +1,141 @@
+"""Admission: the one place that decides whether a Task can be queued, and the service that queues it.
+
+The CRD schema (generated from ``kubetask.model``) refuses most bad input at
+``kubectl apply``. What it cannot express is decided here, once, by
+``admissible``: the payload's encoded size, the spec as the model reads it,
+and characters PostgreSQL cannot store. It returns the row to insert or the
+reason for refusing, and nothing downstream checks again.
+
+The service batches: everything the watch delivered within
+``admit_batch_window_seconds`` goes in one INSERT (idempotent on the Task
+uid, so a relist after a restart re-admits nothing). A batch PostgreSQL
+refuses is retried one Task at a time, so one bad row never blocks the Tasks
+batched with it; a refused Task gets a DeadLetter status and an Event saying
+why, and is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from typing import Any
+
+import psycopg
+import pydantic
+
+from kubetask import db, kube, logs, model, status
+from kubetask.operator.runtime import Runtime
+
+log = logging.getLogger("kubetask.operator")
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a Task cannot be admitted, in words that name the field and the fix."""
+
+    reason: str
+
+
+def admissible(raw: dict[str, Any]) -> db.queue.NewTask | Refusal:
+    """The row to insert for a new Task object, or why it cannot be admitted."""
+    meta = raw["metadata"]
+    spec_raw = raw.get("spec") or {}
+    payload = spec_raw.get("payload") or {}
+    size = len(json.dumps(payload, separators=(",", ":")).encode())
+    if size > model.MAX_PAYLOAD_BYTES:
+        return Refusal(f"spec.payload is {size} bytes, over the {model.MAX_PAYLOAD_BYTES}-byte cap: store large "
+                       "data elsewhere (object storage, a ConfigMap) and pass a reference in the payload")
+    try:
+        spec = model.TaskSpec.model_validate(spec_raw)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        where = "spec." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "spec"
+        return Refusal(f"{where}: {first['msg']}")
+    nul = model.find_nul(spec.payload, "spec.payload")
+    if nul is not None:
+        return Refusal(f"{nul} holds a NUL character (\\u0000), which PostgreSQL cannot store: "
+                       "encode binary data, e.g. as base64")
+    run_at: datetime.datetime | None = spec.run_at
+    if spec.delay_seconds is not None:
+        created = meta.get("creationTimestamp")
+        base = (datetime.datetime.fromisoformat(created.replace("Z", "+00:00")) if created
+                else datetime.datetime.now(datetime.timezone.utc))
+        run_at = base + datetime.timedelta(seconds=spec.delay_seconds)
+    return db.queue.NewTask(
+        uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], type=spec.type,
+        payload=spec.payload, queue=spec.queue, priority=spec.priority, max_retries=spec.max_retries,
+        backoff_initial_seconds=spec.backoff.initial_seconds, backoff_factor=spec.backoff.factor,
+        backoff_max_seconds=spec.backoff.max_seconds, backoff_jitter=spec.backoff.jitter,
+        timeout_seconds=spec.timeout_seconds, run_at=run_at,
+        ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
+    )
+
+
+async def _batch(rt: Runtime) -> list[dict[str, Any]]:
+    """The next Task bodies: waits for one, then takes what arrives within the batch window."""
+    batch = [await rt.admissions.get()]
+    deadline = time.monotonic() + rt.config.admit_batch_window_seconds
+    while len(batch) < rt.config.admit_batch_size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(rt.admissions.get(), remaining))
+        except asyncio.TimeoutError:
+            break
+    return batch
+
+
+async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
+    """Admit one batch from ``rt.admissions`` (waiting for the first Task); refuse, visibly, what cannot be."""
+    batch = await _batch(rt)
+    new: dict[str, db.queue.NewTask] = {}
+    refused: list[tuple[dict[str, Any], str]] = []
+    for raw in batch:
+        decision = admissible(raw)
+        if isinstance(decision, Refusal):
+            refused.append((raw, decision.reason))
+        else:
+            new[decision.uid] = decision
+    try:
+        if new:
+            rt.meters.admitted.inc(await db.queue.admit(conn, list(new.values())))
+    except psycopg.OperationalError:
+        for raw in batch:
+            rt.admissions.put_nowait(raw)
+        raise  # the connection is gone: reconnect and try the whole batch again
+    except Exception as err:
+        # A row PostgreSQL refuses must not block the Tasks batched with it:
+        # admit one at a time and refuse, visibly, only the ones that fail.
+        log.warning("admitting a batch of %d failed (%s); admitting one by one", len(new), err)
+        raws = {raw["metadata"]["uid"]: raw for raw in batch}
+        pending = list(new.items())
+        for index, (uid, task) in enumerate(pending):
+            try:
+                rt.meters.admitted.inc(await db.queue.admit(conn, [task]))
+            except psycopg.OperationalError:
+                for rest, _ in pending[index:]:
+                    rt.admissions.put_nowait(raws[rest])
+                raise
+            except Exception as single:
+                refused.append((raws[uid], f"PostgreSQL refused the Task: {type(single).__name__}: {single}"))
+    for raw, reason in refused:
+        await _refuse(rt, raw, reason)
+    return True
+
+
+async def _refuse(rt: Runtime, raw: dict[str, Any], reason: str) -> None:
+    meta = raw["metadata"]
+    log.warning("Task %s/%s refused: %s", meta["namespace"], meta["name"], reason,
+                extra=logs.about(meta["namespace"], meta["name"], meta["uid"]))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        await rt.kube.patch_task_status(meta["namespace"], meta["name"], meta["uid"],
+                                        status.rejected("InvalidSpec", reason, now))
+        await rt.kube.post_event(meta["namespace"], meta["name"], meta["uid"], "Refused", reason, warning=True)
+    except kube.NotFound:
+        pass

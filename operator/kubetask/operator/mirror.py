@@ -1,0 +1,69 @@
+"""The mirror: the outbox's rows → Task statuses, and Events for the transitions a user watches for.
+
+Each pass reads a batch of rows whose status is behind, writes each Task's
+status with the row's latest state (a burst of changes becomes one write),
+posts the Events of the transition (admitted, retrying, dead letter) and
+marks what it wrote. A status that cannot be written now (the API server
+away) stays in the outbox for the next pass; a Task that is gone has nothing
+left to mirror. Leader only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kubetask import db, kube, logs, model, states, status
+from kubetask.operator.runtime import Runtime
+
+log = logging.getLogger("kubetask.operator")
+
+
+async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
+    """Mirror one batch; True when it was full and every row was written (more may be waiting)."""
+    rows = await db.outbox.pending_status(conn, rt.config.mirror_batch_size)
+    if not rows:
+        return False
+    semaphore = asyncio.Semaphore(rt.config.api_concurrency)
+    served = {pool.policy.queue for pool in rt.pools.values()}
+
+    async def one(row: db.outbox.StatusRow) -> tuple[int, int, str] | None:
+        async with semaphore:
+            missing = row.queue if rt.pools_listed and row.queue not in served else None
+            try:
+                await rt.kube.patch_task_status(row.namespace, row.name, row.uid, status.build(row, missing))
+            except (kube.NotFound, kube.Conflict):
+                return (row.id, row.version, row.state)  # the Task is gone: nothing left to mirror
+            except Exception as err:
+                log.warning("status of %s/%s: %s", row.namespace, row.name, err,
+                            extra=logs.about(row.namespace, row.name, row.uid))
+                return None
+            await _post_transition_events(rt, row)
+            return (row.id, row.version, row.state)
+
+    done = [r for r in await asyncio.gather(*(one(row) for row in rows)) if r is not None]
+    if done:
+        await db.outbox.mark_mirrored(conn, done)
+    return len(done) == len(rows) == rt.config.mirror_batch_size
+
+
+async def _post_transition_events(rt: Runtime, row: db.outbox.StatusRow) -> None:
+    before, after = row.mirrored_state, row.state
+    ns, name, uid = row.namespace, row.name, row.uid
+    err = row.last_error or {}
+    try:
+        if before is None and rt.config.admission_events:
+            await rt.kube.post_event(ns, name, uid, "Admitted", f"queued on {row.queue!r}")
+        if after == states.TaskState.RETRYING:
+            await rt.kube.post_event(
+                ns, name, uid, "Retrying",
+                f"attempt {err.get('attempt')} failed with {err.get('type')}: {err.get('message', '')}; "
+                f"next attempt at {status.timestamp(row.run_at)}", warning=True)
+        elif after == states.TaskState.DEAD_LETTER and before != states.TaskState.DEAD_LETTER:
+            await rt.kube.post_event(
+                ns, name, uid, "DeadLetter",
+                f"gave up after {row.attempts} attempt(s): {err.get('type')}: {err.get('message', '')}; "
+                f"`kubectl annotate task {name} {model.RETRY_ANNOTATION}=$(date +%s) --overwrite` runs it again",
+                warning=True)
+    except Exception as event_err:  # an Event is a courtesy: never block the mirror on it
+        log.debug("event for %s/%s: %s", ns, name, event_err, extra=logs.about(ns, name, uid))

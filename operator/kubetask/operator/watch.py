@@ -1,0 +1,43 @@
+"""What a watch event of a Task means: admit it, cancel it, or retry it from the dead letter.
+
+kopf delivers the events (``app``); this module decides, so it is tested
+without kopf. Every reaction is idempotent in SQL (admission on the uid,
+cancellation on the state, a retry on the annotation's token), so an event
+delivered twice, or seen by two replicas, changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kubetask import db, logs, model
+from kubetask.operator.runtime import Runtime
+
+log = logging.getLogger("kubetask.operator")
+
+
+async def on_task_event(rt: Runtime, event_type: str | None, raw: dict[str, Any]) -> None:
+    meta = raw.get("metadata", {})
+    uid = meta.get("uid")
+    if not uid:
+        return
+    if event_type == "DELETED":
+        await rt.events_db.run(lambda conn: db.queue.cancel(conn, uid), "cancelling a deleted Task", patience=30)
+        return
+    phase = (raw.get("status") or {}).get("phase")
+    if phase in (None, model.Phase.PENDING.value):
+        rt.admissions.put_nowait(raw)
+        return
+    token = (meta.get("annotations") or {}).get(model.RETRY_ANNOTATION)
+    if token and phase in (model.Phase.DEAD_LETTER.value, model.Phase.SUCCEEDED.value):
+        namespace, name = meta.get("namespace"), meta.get("name")
+        revived = await rt.events_db.run(lambda conn: db.queue.retry_dead(conn, uid, token),
+                                         "retrying a Task", patience=30)
+        if revived:
+            log.info("Task %s/%s re-queued by %s=%s", namespace, name, model.RETRY_ANNOTATION, token,
+                     extra=logs.about(namespace, name, uid))
+        elif await rt.events_db.run(lambda conn: db.reads.get_task(conn, uid), "reading a Task", patience=30) is None:
+            log.warning("Task %s/%s cannot be retried: PostgreSQL has no row for it (its history was deleted by "
+                        "the history retention, or the Task was refused at admission); delete and re-create "
+                        "the Task to run it again", namespace, name, extra=logs.about(namespace, name, uid))

@@ -1,0 +1,52 @@
+"""Admission: ``admissible`` decides once; ``run_once`` queues a batch and refuses, visibly, the rest."""
+
+from __future__ import annotations
+
+import datetime
+
+from conftest import create_task, events_of, get_task
+
+from kubetask import db, model
+from kubetask.operator import admission
+from kubetask.operator.runtime import Runtime
+
+
+def raw(**spec: object) -> dict[str, object]:
+    return {"metadata": {"uid": "6f0c0f5e-0000-4000-8000-000000000001", "namespace": "ns", "name": "t",
+                         "creationTimestamp": "2026-01-02T03:04:05Z"},
+            "spec": {"type": "echo", **spec}}
+
+
+def test_a_valid_task_becomes_its_row() -> None:
+    task = admission.admissible(raw(queue="q", priority=5, maxRetries=1, payload={"a": 1}, delaySeconds=60))
+    assert isinstance(task, db.queue.NewTask)
+    assert (task.queue, task.priority, task.max_retries, task.payload) == ("q", 5, 1, {"a": 1})
+    assert task.run_at == datetime.datetime(2026, 1, 2, 3, 5, 5, tzinfo=datetime.timezone.utc), \
+        "a delay counts from the Task's creation, not from when the operator saw it"
+
+
+def test_refusals_name_the_field_and_the_fix() -> None:
+    nul = admission.admissible(raw(payload={"files": [{"data": "abc\x00def"}]}))
+    assert isinstance(nul, admission.Refusal)
+    assert "spec.payload.files[0].data" in nul.reason and "base64" in nul.reason
+    big = admission.admissible(raw(payload={"blob": "x" * (model.MAX_PAYLOAD_BYTES + 1)}))
+    assert isinstance(big, admission.Refusal) and "spec.payload is" in big.reason and "reference" in big.reason
+    bad = admission.admissible(raw(priority=5000))
+    assert isinstance(bad, admission.Refusal) and bad.reason.startswith("spec.priority:")
+
+
+async def test_run_once_admits_the_good_and_refuses_the_bad_of_one_batch(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
+    good = await create_task(runtime, namespace, "good")
+    oversized = await create_task(runtime, namespace, "oversized",
+                                  payload={"blob": "x" * (model.MAX_PAYLOAD_BYTES + 10)})
+    runtime.admissions.put_nowait(good)
+    runtime.admissions.put_nowait(oversized)
+    assert await admission.run_once(runtime, conn)
+    row = await db.reads.get_task(conn, good["metadata"]["uid"])
+    assert row is not None and row.state == "queued"
+    assert await db.reads.get_task(conn, oversized["metadata"]["uid"]) is None
+    refused = await get_task(runtime, namespace, "oversized")
+    assert refused is not None and refused["status"]["phase"] == "DeadLetter"
+    assert "over the" in refused["status"]["lastError"]["message"]
+    assert any(e["reason"] == "Refused" for e in await events_of(runtime, namespace, "oversized"))
