@@ -1,0 +1,78 @@
+"""Commands that read PostgreSQL: the history of a Task (also after its object is gone), and per-queue stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any, Callable
+
+from kubetask.cli import terminal, tasks
+
+
+async def with_db(fn: Callable[[Any], Any]) -> Any:
+    from kubetask import db, settings
+
+    try:
+        database = settings.DatabaseSettings.from_env()
+    except settings.SettingsError as err:
+        raise terminal.CliError(f"{err}; this command reads PostgreSQL: set DATABASE_URL", terminal.EXIT_USAGE) from None
+    conn = await db.connection.connect(database.url, application_name="kubetask-cli")
+    try:
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+def history(args: argparse.Namespace) -> int:
+    from kubetask import db
+
+    async def run(conn: Any) -> tuple[Any, Any]:
+        rows = [await db.reads.get_task(conn, args.uid)] if args.uid else await db.reads.find_tasks(
+            conn, tasks.namespace_of(args), args.name)
+        rows = [r for r in rows if r is not None]
+        if not rows:
+            return None, []
+        return rows[0], await db.reads.task_history(conn, rows[0].uid)
+
+    task, attempts = asyncio.run(with_db(run))
+    if task is None:
+        raise terminal.CliError(f"no history for Task {tasks.namespace_of(args)}/{args.name} in PostgreSQL", terminal.EXIT_NOT_FOUND)
+
+    def render() -> str:
+        head = (f"Task {task.namespace}/{task.name} uid={task.uid} type={task.type} queue={task.queue} "
+                f"state={task.state} attempts={task.attempts}")
+        rows = []
+        for a in attempts:
+            took = f"{(a.finished_at - a.started_at).total_seconds():.3f}s" if a.finished_at else "running"
+            error = f"{a.error_type}: {a.error_message}" if a.error_type else ""
+            rows.append([a.number, a.worker_pod, a.started_at.strftime("%Y-%m-%d %H:%M:%S"), took, a.outcome,
+                         error[:100]])
+        text = head + "\n" + terminal.table(["#", "WORKER", "STARTED", "TOOK", "OUTCOME", "ERROR"], rows)
+        if args.tracebacks:
+            text += "".join(f"\n\n--- attempt {a.number}\n{a.traceback}" for a in attempts if a.traceback)
+        return text
+
+    terminal.emit({"task": terminal.plain(task), "attempts": [terminal.plain(a) for a in attempts]}, args.output, render)
+    return terminal.EXIT_OK
+
+
+def stats(args: argparse.Namespace) -> int:
+    from kubetask import db
+
+    stats = asyncio.run(with_db(lambda conn: db.reads.queue_stats(conn, args.window)))
+    if args.queue:
+        stats = [s for s in stats if s.queue == args.queue]
+
+    def render() -> str:
+        if not stats:
+            return "No tasks in PostgreSQL yet."
+        rows = [[s.queue, s.due, s.scheduled, s.running, s.retrying, s.succeeded, s.dead_letter,
+                 s.dead_letter_total, f"{s.succeeded / args.window:.1f}/s",
+                 f"{s.oldest_due_seconds:.1f}s" if s.due else "-"]
+                for s in stats]
+        window = f"{args.window:g}s"
+        return terminal.table(["QUEUE", "WAITING", "SCHEDULED", "RUNNING", "RETRYING", f"SUCCEEDED/{window}",
+                      f"DEAD/{window}", "DEAD-LETTER", "THROUGHPUT", "OLDEST WAITING"], rows)
+
+    terminal.emit([terminal.plain(s) for s in stats], args.output, render)
+    return terminal.EXIT_OK
