@@ -61,7 +61,7 @@ class _AsyncHttp:
     TOKEN_SECONDS = 60.0
     """How long a bearer token is reused before the configuration is asked again. Asking is not free:
     the kubeconfig loader's refresh hook re-applies the whole configuration (proxies from the
-    environment included), which cost ~7% of the operator's CPU in a burst when done per request.
+    environment included), a visible share of the operator's CPU in a burst when done per request.
     A minute is far inside the lifetime of projected ServiceAccount tokens (an hour, renewed by the
     kubelet at 80%), and a 401 drops the cached token at once."""
 

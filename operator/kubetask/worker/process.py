@@ -39,8 +39,8 @@ async def _serve(config: settings.WorkerSettings, database: settings.DatabaseSet
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run the worker's event loop: uvloop when it is installed, asyncio's own otherwise.
 
-    uvloop takes roughly a fifth off the worker's CPU per task (measured by
-    ``bench/engine.py``); psycopg's async connections run on either.
+    uvloop takes a clear share off the worker's CPU per task (``bench/engine.py``
+    measures it); psycopg's async connections run on either.
     """
     try:
         import uvloop

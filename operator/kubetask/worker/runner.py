@@ -204,7 +204,7 @@ class Worker:
         # there is nothing to reset.
         logs.TASK.set(task)
         # Per-task lines of the happy path are DEBUG: every attempt is recorded in PostgreSQL and counted
-        # in the metrics already, and a JSON line costs ~20 µs, a third of a no-op task's worker CPU.
+        # in the metrics already, and a JSON line costs a large share of a no-op task's worker CPU.
         # Failures, retries and dead letters are WARNING and ERROR.
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: started (type %s)", _label(task), task.type)
