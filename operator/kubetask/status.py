@@ -16,15 +16,22 @@ from typing import Any, Protocol, Sequence
 from kubetask import model
 
 
-class AttemptLike(Protocol):
-    @property
-    def number(self) -> int: ...
+class _Span(Protocol):
+    """What a row and an attempt both have: who ran it, and when."""
+
     @property
     def worker_pod(self) -> str | None: ...
     @property
     def started_at(self) -> datetime.datetime | None: ...
     @property
     def finished_at(self) -> datetime.datetime | None: ...
+
+
+class AttemptLike(_Span, Protocol):
+    """An attempt as the status shows it (``db.outbox.HistoryEntry`` is one)."""
+
+    @property
+    def number(self) -> int: ...
     @property
     def outcome(self) -> str: ...
     @property
@@ -33,19 +40,15 @@ class AttemptLike(Protocol):
     def error_message(self) -> str | None: ...
 
 
-class RowLike(Protocol):
+class RowLike(_Span, Protocol):
+    """A task row as the status shows it (``db.outbox.StatusRow`` is one)."""
+
     @property
     def state(self) -> str: ...
     @property
     def attempts(self) -> int: ...
     @property
     def run_at(self) -> datetime.datetime | None: ...
-    @property
-    def worker_pod(self) -> str | None: ...
-    @property
-    def started_at(self) -> datetime.datetime | None: ...
-    @property
-    def finished_at(self) -> datetime.datetime | None: ...
     @property
     def created_at(self) -> datetime.datetime: ...
     @property

@@ -35,13 +35,20 @@ async def test_expired_lease_is_rescued_as_lost_and_retried(conn: db.connection.
     assert [(t.uid, t.attempt, t.attempt_in_budget) for t in again] == [(task.uid, 2, 2)]
 
 
-async def test_late_result_after_rescue_is_discarded(conn: db.connection.Conn, new_task) -> None:
-    task = new_task()
+async def rescued_and_claimed_again(conn: db.connection.Conn, task: db.queue.NewTask, owner: str
+                                    ) -> tuple[db.queue.ClaimedTask, db.queue.ClaimedTask]:
+    """Attempt 1 by pod-1/aaaa, its lease expired and rescued; attempt 2 claimed by ``owner``."""
     await db.queue.admit(conn, [task])
     [old] = await db.queue.claim(conn, "default", "pod-1/aaaa", "pod-1", 1, 30)
     await expire(conn, old.id)
     await upkeep.rescue(conn)
-    [new] = await db.queue.claim(conn, "default", "pod-2/bbbb", "pod-2", 1, 30)
+    [new] = await db.queue.claim(conn, "default", owner, owner.split("/")[0], 1, 30)
+    return old, new
+
+
+async def test_late_result_after_rescue_is_discarded(conn: db.connection.Conn, new_task) -> None:
+    task = new_task()
+    old, new = await rescued_and_claimed_again(conn, task, "pod-2/bbbb")
 
     assert not await db.queue.complete(conn, old.id, "pod-1/aaaa", old.attempt, {"from": "old"})
     assert not await db.queue.fail(conn, old.id, "pod-1/aaaa", old.attempt, error_type="E", message="m",
@@ -52,12 +59,7 @@ async def test_late_result_after_rescue_is_discarded(conn: db.connection.Conn, n
 
 
 async def test_same_owner_reclaiming_cannot_complete_with_a_stale_attempt(conn: db.connection.Conn, new_task) -> None:
-    task = new_task()
-    await db.queue.admit(conn, [task])
-    [old] = await db.queue.claim(conn, "default", "pod-1/aaaa", "pod-1", 1, 30)
-    await expire(conn, old.id)
-    await upkeep.rescue(conn)
-    [new] = await db.queue.claim(conn, "default", "pod-1/aaaa", "pod-1", 1, 30)
+    old, new = await rescued_and_claimed_again(conn, new_task(), "pod-1/aaaa")
     assert not await db.queue.complete(conn, old.id, "pod-1/aaaa", old.attempt, {"stale": True})
     assert await db.queue.complete(conn, new.id, "pod-1/aaaa", new.attempt, {"fresh": True})
 

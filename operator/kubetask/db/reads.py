@@ -162,6 +162,6 @@ async def task_history(conn: Conn, uid: str) -> list[AttemptRow]:
 
 async def find_tasks(conn: Conn, namespace: str, name: str) -> list[TaskRow]:
     """Rows of the Tasks named ``namespace/name``, newest first (the object may be long gone)."""
-    cursor = conn.cursor(row_factory=class_row(TaskRow))
-    await cursor.execute(QUERIES["find_tasks"], {"namespace": namespace, "name": name})
-    return await cursor.fetchall()
+    cursor = await conn.execute(QUERIES["find_tasks"], {"namespace": namespace, "name": name})
+    rows = [await get_task(conn, uid) for (uid,) in await cursor.fetchall()]
+    return [row for row in rows if row is not None]

@@ -55,13 +55,9 @@ WHERE t.uid = %(uid)s::uuid
 ORDER BY a.number;
 
 -- name: find_tasks
--- Rows of Tasks named so in a namespace, newest first: a name may have been
+-- Uids of the Tasks named so in a namespace, newest first: a name may have been
 -- re-used after the object was deleted, and its history outlives the object.
-SELECT id, uid::text AS uid, namespace, name, type, payload, queue, priority, max_retries,
-       backoff_initial_seconds, backoff_factor, backoff_max_seconds, backoff_jitter,
-       timeout_seconds, state, attempts, budget_base, run_at, lease_owner, worker_pod,
-       lease_expires_at, result, last_error, created_at, started_at, finished_at,
-       version, mirrored_version, mirrored_state
+SELECT uid::text AS uid
 FROM kubetask_tasks
 WHERE namespace = %(namespace)s AND name = %(name)s
 ORDER BY created_at DESC, id DESC;
