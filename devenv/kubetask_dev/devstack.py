@@ -24,6 +24,9 @@ from kubetask_dev import controlplane
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAMESPACE = "kubetask-system"
 DB_SECRET = "kubetask-db"
+DEMO_HANDLERS = "kubetask.demo"
+"""``KUBETASK_HANDLERS`` of every pool here: ``make dev``, the examples, the tests and the benchmarks run the
+demo handlers, which no production worker has unless its pool names them."""
 
 
 def worker_deployment(queue: str, *, namespace: str = NAMESPACE, min_replicas: int = 0, max_replicas: int = 3,
@@ -40,7 +43,8 @@ def worker_deployment(queue: str, *, namespace: str = NAMESPACE, min_replicas: i
         # People read these logs (.dev/logs/pods/); the product's default is JSON for a log pipeline.
         {"name": "KUBETASK_LOG_FORMAT", "value": "text"},
     ]
-    env += [{"name": k, "value": v} for k, v in (extra_env or {}).items()]
+    # extra_env may replace the handler modules; a pool that still needs the demos names them too.
+    env += [{"name": k, "value": v} for k, v in {"KUBETASK_HANDLERS": DEMO_HANDLERS, **(extra_env or {})}.items()]
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {

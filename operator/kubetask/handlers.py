@@ -11,32 +11,28 @@ heartbeat). Register one with the ``register`` decorator::
     def thumbnail(payload, ctx):
         ...
 
-A worker finds handlers in three places, in this order: the built-ins below,
-the modules named in ``KUBETASK_HANDLERS`` (imported at start-up, which runs
-their ``register`` decorators), and the ``kubetask.handlers`` entry-point
+The registry starts empty: every handler name belongs to the user, and
+kubetask itself takes none. A worker finds handlers in two places, in this
+order: the modules named in ``KUBETASK_HANDLERS`` (imported at start-up, which
+runs their ``register`` decorators), and the ``kubetask.handlers`` entry-point
 group of installed distributions (entry-point name = handler name, value = the
 function). A later registration of a name already taken is an error, so two
-packages cannot silently shadow each other.
+packages cannot silently shadow each other. The demo handlers of the examples
+and the tests live in ``kubetask.demo`` and are loaded like any user module,
+only where they are asked for (``KUBETASK_HANDLERS=kubetask.demo``).
 
 Failure vocabulary: raising ``PermanentError`` sends the Task straight to dead
 letter; any other exception is retried under the Task's retry policy.
-
-The built-ins are small simulations used by the examples and the tests:
-``echo``, ``sleep``, ``fail``, ``email``, ``image`` and ``report``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import hashlib
 import importlib
 import importlib.metadata
 import pathlib
 import re
-import statistics
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -192,118 +188,3 @@ def load(modules: Iterable[str], entry_points: bool = True) -> Registry:
                 ) from error
             registry.add(point.name, handler)
     return registry
-
-
-# ---------------------------------------------------------------------- built-ins
-
-@register("echo")
-def echo(payload: dict[str, Any], ctx: Context) -> Any:
-    """Result = payload."""
-    return payload
-
-
-@register("sleep")
-async def sleep(payload: dict[str, Any], ctx: Context) -> Any:
-    """Sleep ``payload.seconds`` (default 1)."""
-    seconds = _number(payload, "seconds", 1.0)
-    await asyncio.sleep(seconds)
-    return {"slept": seconds}
-
-
-@register("fail")
-def fail(payload: dict[str, Any], ctx: Context) -> Any:
-    """Fail the first ``payload.times`` attempts (default: every attempt), then succeed.
-
-    ``payload.permanent: true`` fails permanently (straight to dead letter);
-    ``payload.message`` is the error message.
-    """
-    message = str(payload.get("message", f"simulated failure of attempt {ctx.attempt}"))
-    if payload.get("permanent"):
-        raise PermanentError(message)
-    times = payload.get("times")
-    if times is None or ctx.attempt <= int(times):
-        raise RuntimeError(message)
-    return {"succeeded_on_attempt": ctx.attempt}
-
-
-@register("email")
-async def email(payload: dict[str, Any], ctx: Context) -> Any:
-    """Simulated send: ``payload.to`` (address or list), ``payload.subject``; returns a message id.
-
-    The message id is derived from the Task's uid, as a real sender would use
-    it as an idempotency key so that a retried send is not a second email.
-
-    ``payload.credentials`` (optional) shows how a handler uses a secret: it is
-    the *name* of a Secret with keys ``username`` and ``password``, mounted on
-    the pool (``ctx.secret``); the result says which user sent, never the password.
-    """
-    recipients = payload.get("to")
-    if isinstance(recipients, str):
-        recipients = [recipients]
-    if not recipients or not all(isinstance(r, str) and "@" in r for r in recipients):
-        raise PermanentError("payload.to must be an email address or a list of them")
-    subject = payload.get("subject")
-    if not isinstance(subject, str) or not subject:
-        raise PermanentError("payload.subject must be a non-empty string")
-    sent_as = None
-    if "credentials" in payload:
-        sent_as = ctx.secret(str(payload["credentials"]), "username")
-        ctx.secret(str(payload["credentials"]), "password")  # a real sender logs in with it here
-    await asyncio.sleep(_number(payload, "delay_seconds", 0.02))
-    digest = hashlib.sha256(ctx.uid.encode()).hexdigest()[:20]
-    result = {"message_id": f"<{digest}@kubetask.local>", "to": recipients, "subject": subject}
-    if sent_as is not None:
-        result["sent_as"] = sent_as
-    return result
-
-
-@register("image")
-def image(payload: dict[str, Any], ctx: Context) -> Any:
-    """Simulated resize of ``payload.url`` to ``payload.width`` × ``payload.height`` (a blocking handler)."""
-    url = payload.get("url")
-    if not isinstance(url, str) or not url:
-        raise PermanentError("payload.url must be a non-empty string")
-    size = []
-    for field in ("width", "height"):
-        value = payload.get(field)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10_000:
-            raise PermanentError(f"payload.{field} must be an integer from 1 to 10000")
-        size.append(value)
-    width, height = size
-    time.sleep(_number(payload, "delay_seconds", 0.03))
-    base = url.split("?", 1)[0]
-    stem, dot, extension = base.rpartition(".")
-    if not dot or "/" in extension:
-        stem, extension = base, "png"
-    return {
-        "source": url,
-        "output": f"{stem}_{width}x{height}.{extension}",
-        "width": width,
-        "height": height,
-        "bytes": width * height * 3 // 10,
-    }
-
-
-@register("report")
-def report(payload: dict[str, Any], ctx: Context) -> Any:
-    """Summarise ``payload.rows`` (numbers, or objects with a numeric ``value``); ``payload.kind`` names it."""
-    rows = payload.get("rows", [])
-    if not isinstance(rows, list):
-        raise PermanentError("payload.rows must be a list")
-    values: list[float] = []
-    for index, row in enumerate(rows):
-        value = row.get("value") if isinstance(row, dict) else row
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise PermanentError(f"payload.rows[{index}] must be a number or an object with a numeric value")
-        values.append(float(value))
-    summary: dict[str, Any] = {"kind": str(payload.get("kind", "summary")), "count": len(values)}
-    if values:
-        summary.update(sum=sum(values), min=min(values), max=max(values), mean=statistics.fmean(values))
-    return summary
-
-
-def _number(payload: dict[str, Any], field: str, default: float) -> float:
-    value = payload.get(field, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise PermanentError(f"payload.{field} must be a non-negative number")
-    return float(value)

@@ -142,7 +142,8 @@ class WorkerSettings(_EnvSettings):
 
     handler_modules: list[str] = Field(default_factory=list, json_schema_extra={"env": "KUBETASK_HANDLERS"})
     """Modules to import at start-up for their handlers, comma-separated (``KUBETASK_HANDLERS``).
-    Default none: the built-ins and the ``kubetask.handlers`` entry points are always loaded."""
+    Default none: only the ``kubetask.handlers`` entry points are loaded, so every handler name is the
+    user's; ``kubetask.demo`` adds the demo handlers (``echo``, ``email`` …) for trying kubetask out."""
 
     pod_name: str = Field(default_factory=socket.gethostname, min_length=1,
                           json_schema_extra={"env": "POD_NAME"})

@@ -167,6 +167,7 @@ def install(plane: controlplane.ControlPlane, pg_server: postgres.PostgresServer
         # cluster each have their own address); tests/e2e/test_metrics.py scrapes the processes instead.
         "--set", "metrics.enabled=false",
         "--set", f"pools[0].name={queue}",
+        "--set", "pools[0].handlers={kubetask.demo}",  # as the default pool has: the tests' Tasks run the demos
         *extra,
     ]
     release = Release(plane, namespace, "kt", queue, dsn, values)

@@ -185,6 +185,14 @@ def test_worker_pool_labels_annotations_and_environment() -> None:
     assert env["KUBETASK_MAX_MEMORY_MB"]["value"] == "800"
 
 
+def test_the_default_pool_loads_the_demo_handlers_a_pool_of_your_own_does_not() -> None:
+    """The default pool is for trying kubetask out; a pool of your own has only your handlers."""
+    (default,) = _workers(render(*DB))
+    assert _env(default["spec"]["template"]["spec"]["containers"][0])["KUBETASK_HANDLERS"]["value"] == "kubetask.demo"
+    (own,) = _workers(render(*DB, *POOL))
+    assert "KUBETASK_HANDLERS" not in _env(own["spec"]["template"]["spec"]["containers"][0])
+
+
 def test_a_pools_secrets_are_mounted_read_only_where_ctx_secret_reads_them() -> None:
     from kubetask import settings
 
@@ -344,6 +352,9 @@ def test_notes_tell_the_next_step() -> None:
     result = helm("install", "kubetask", str(CHART), *DB, "--dry-run=client", "--namespace", "kt")
     assert "examples/task.yaml" in result.stdout
     assert "kubectl get tasks -n kt -w" in result.stdout
+    assert "no pool loads the demo handlers" not in result.stdout, "the default pool loads them"
+    own = helm("install", "kubetask", str(CHART), *DB, *POOL, "--dry-run=client", "--namespace", "kt").stdout
+    assert "no pool loads the demo handlers" in own and "pools[].handlers: [kubetask.demo]" in own
 
 
 def test_the_chart_no_longer_mentions_kopf_peering() -> None:

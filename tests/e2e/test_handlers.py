@@ -1,4 +1,4 @@
-"""Each built-in handler, applied with kubectl, ends in the phase and status its spec dictates."""
+"""Each demo handler, applied with kubectl, ends in the phase and status its spec dictates."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Handlers: the registry, discovery, and the built-ins."""
+"""Handlers: the registry, discovery, and the demo handlers (kubetask.demo)."""
 
 import asyncio
 import sys
@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from kubetask import handlers
+from kubetask import demo, handlers
 
 
 def ctx(attempt: int = 1, uid: str = "5f0e6e8c-0000-4000-8000-000000000001") -> handlers.Context:
@@ -17,8 +17,8 @@ def ctx(attempt: int = 1, uid: str = "5f0e6e8c-0000-4000-8000-000000000001") -> 
 
 def test_unknown_handler_is_permanent_and_lists_known_ones() -> None:
     registry = handlers.Registry()
-    registry.register("b")(handlers.echo)
-    registry.register("a")(handlers.echo)
+    registry.register("b")(demo.echo)
+    registry.register("a")(demo.echo)
     with pytest.raises(handlers.PermanentError) as raised:
         registry.get("nope")
     assert isinstance(raised.value, handlers.UnknownHandler)
@@ -28,14 +28,15 @@ def test_unknown_handler_is_permanent_and_lists_known_ones() -> None:
 
 def test_a_name_cannot_be_taken_twice() -> None:
     registry = handlers.Registry()
-    registry.register("x")(handlers.echo)
-    registry.register("x")(handlers.echo)  # the same function again is harmless
+    registry.register("x")(demo.echo)
+    registry.register("x")(demo.echo)  # the same function again is harmless
     with pytest.raises(ValueError, match="'x' is registered twice"):
-        registry.register("x")(handlers.report)
+        registry.register("x")(demo.report)
 
 
-def test_builtins_are_registered() -> None:
-    assert {"echo", "sleep", "fail", "email", "image", "report"} <= set(handlers.registry.names())
+def test_the_demo_module_registers_the_demos() -> None:
+    registry = handlers.load(["kubetask.demo"], entry_points=False)
+    assert {"echo", "sleep", "fail", "email", "image", "report"} <= set(registry.names())
 
 
 def test_missing_handler_module_names_the_module_and_the_variable() -> None:
@@ -71,39 +72,39 @@ def test_modules_and_entry_points_register_handlers(tmp_path, monkeypatch) -> No
 
 def test_fail_fails_the_first_times_then_succeeds() -> None:
     with pytest.raises(RuntimeError, match="flaky"):
-        handlers.fail({"times": 2, "message": "flaky"}, ctx(attempt=2))
-    assert handlers.fail({"times": 2}, ctx(attempt=3)) == {"succeeded_on_attempt": 3}
+        demo.fail({"times": 2, "message": "flaky"}, ctx(attempt=2))
+    assert demo.fail({"times": 2}, ctx(attempt=3)) == {"succeeded_on_attempt": 3}
     with pytest.raises(RuntimeError):
-        handlers.fail({}, ctx(attempt=99))
+        demo.fail({}, ctx(attempt=99))
     with pytest.raises(handlers.PermanentError, match="nope"):
-        handlers.fail({"permanent": True, "message": "nope"}, ctx())
+        demo.fail({"permanent": True, "message": "nope"}, ctx())
 
 
 async def test_email_returns_a_message_id_stable_across_retries() -> None:
     payload = {"to": "a@example.com", "subject": "Hi", "delay_seconds": 0}
-    first = await handlers.email(payload, ctx(attempt=1))
-    again = await handlers.email(payload, ctx(attempt=2))
+    first = await demo.email(payload, ctx(attempt=1))
+    again = await demo.email(payload, ctx(attempt=2))
     assert first == again and first["to"] == ["a@example.com"] and first["message_id"].startswith("<")
     with pytest.raises(handlers.PermanentError, match="payload.to"):
-        await handlers.email({"to": "nobody", "subject": "x"}, ctx())
+        await demo.email({"to": "nobody", "subject": "x"}, ctx())
 
 
 def test_image_simulates_a_resize() -> None:
-    result = handlers.image({"url": "https://x.test/cat.jpg?v=1", "width": 64, "height": 32, "delay_seconds": 0}, ctx())
+    result = demo.image({"url": "https://x.test/cat.jpg?v=1", "width": 64, "height": 32, "delay_seconds": 0}, ctx())
     assert result == {"source": "https://x.test/cat.jpg?v=1", "output": "https://x.test/cat_64x32.jpg",
                       "width": 64, "height": 32, "bytes": 614}
     with pytest.raises(handlers.PermanentError, match="payload.width"):
-        handlers.image({"url": "u", "width": 0, "height": 1}, ctx())
+        demo.image({"url": "u", "width": 0, "height": 1}, ctx())
 
 
 def test_report_summarises_rows() -> None:
-    assert handlers.report({"rows": [1, {"value": 2}, 3.5], "kind": "sales"}, ctx()) == {
+    assert demo.report({"rows": [1, {"value": 2}, 3.5], "kind": "sales"}, ctx()) == {
         "kind": "sales", "count": 3, "sum": 6.5, "min": 1.0, "max": 3.5, "mean": 6.5 / 3}
-    assert handlers.report({}, ctx()) == {"kind": "summary", "count": 0}
+    assert demo.report({}, ctx()) == {"kind": "summary", "count": 0}
     with pytest.raises(handlers.PermanentError, match=r"payload.rows\[0\]"):
-        handlers.report({"rows": ["x"]}, ctx())
+        demo.report({"rows": ["x"]}, ctx())
 
 
 async def test_sleep_sleeps() -> None:
     async with asyncio.timeout(2):
-        assert await handlers.sleep({"seconds": 0.01}, ctx()) == {"slept": 0.01}
+        assert await demo.sleep({"seconds": 0.01}, ctx()) == {"slept": 0.01}

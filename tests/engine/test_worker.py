@@ -13,7 +13,7 @@ from kubetask.operator import upkeep
 
 FINAL = ("succeeded", "dead_letter", "cancelled")
 
-registry = handlers.registry.copy()
+registry = handlers.load(["kubetask.demo"], entry_points=False).copy()
 
 
 @registry.register("test-unserializable")

@@ -18,7 +18,7 @@ async def test_sigterm_hands_back_and_exits_zero(dsn: str, conn: db.connection.C
     await db.queue.admit(conn, [task])
     process = await start_worker_process({"DATABASE_URL": dsn, "POD_NAME": "worker-pod-7",
                                           "KUBETASK_SHUTDOWN_TIMEOUT_SECONDS": "0.5",
-                                          "KUBETASK_POLL_INTERVAL_SECONDS": "0.2"})
+                                          "KUBETASK_POLL_INTERVAL_SECONDS": "0.2", "KUBETASK_HANDLERS": "kubetask.demo"})
 
     async def running() -> bool:
         row = await db.reads.get_task(conn, task.uid)

@@ -305,7 +305,7 @@ def audit(plane: controlplane.ControlPlane, dsn: str, namespace: str, expected: 
 
 
 def expected_phase(spec: dict[str, Any]) -> str:
-    """The phase a Task's built-in handler dictates, given a retry budget no fault can exhaust."""
+    """The phase a Task's demo handler dictates, given a retry budget no fault can exhaust."""
     payload = spec.get("payload") or {}
     if spec["type"] == "fail" and (payload.get("permanent") or payload.get("times") is None):
         return "DeadLetter"

@@ -14,9 +14,9 @@ QUEUE = "unruly"
 
 @pytest.fixture
 def unruly(e2e: Stack) -> Iterator[Stack]:
-    """A pool whose workers load tests/faults/handlers.py."""
+    """A pool whose workers load tests/faults/handlers.py, and the demos for the `echo` that shows it still serves."""
     e2e.add_pool(QUEUE, min_replicas=1, max_replicas=1, concurrency=2,
-                 extra_env={"KUBETASK_HANDLERS": "tests.faults.handlers", "PYTHONPATH": str(ROOT)})
+                 extra_env={"KUBETASK_HANDLERS": "kubetask.demo,tests.faults.handlers", "PYTHONPATH": str(ROOT)})
     yield e2e
     e2e.remove_pool(QUEUE)
 
