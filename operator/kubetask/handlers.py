@@ -52,6 +52,10 @@ class UnknownHandler(PermanentError):
     """No handler is registered under the Task's type."""
 
 
+class DuplicateHandler(ValueError):
+    """Two registrations claim one handler name."""
+
+
 class HandlerModuleError(RuntimeError):
     """A module listed in KUBETASK_HANDLERS (or an entry point) could not be loaded."""
 
@@ -119,7 +123,7 @@ class Registry:
     def add(self, name: str, handler: Handler) -> None:
         existing = self._handlers.get(name)
         if existing is not None and existing is not handler:
-            raise ValueError(
+            raise DuplicateHandler(
                 f"handler {name!r} is registered twice: by {_where(existing)} and by {_where(handler)}"
             )
         self._handlers[name] = handler
@@ -167,11 +171,17 @@ def load(modules: Iterable[str], entry_points: bool = True) -> Registry:
     """Import the handler modules (running their ``register`` calls) and entry points; return the registry.
 
     Raises ``HandlerModuleError`` naming the module and ``KUBETASK_HANDLERS``
-    when one cannot be imported.
+    when one cannot be imported or claims a name another already took.
     """
     for module in modules:
         try:
             importlib.import_module(module)
+        except DuplicateHandler as error:
+            raise HandlerModuleError(
+                f"{HANDLERS_ENV} lists module {module!r}, which registers a name already taken: {error}; "
+                f"rename one of the handlers, or drop one module from {HANDLERS_ENV} (the demos of "
+                "kubetask.demo take echo, sleep, fail, email, image and report)"
+            ) from None
         except ImportError as error:
             raise HandlerModuleError(
                 f"{HANDLERS_ENV} lists module {module!r}, which cannot be imported ({error}); install "
@@ -186,5 +196,8 @@ def load(modules: Iterable[str], entry_points: bool = True) -> Registry:
                     f"entry point {point.name!r} = {point.value!r} in group {ENTRY_POINT_GROUP!r} "
                     f"cannot be loaded ({error})"
                 ) from error
-            registry.add(point.name, handler)
+            try:
+                registry.add(point.name, handler)
+            except DuplicateHandler as error:
+                raise HandlerModuleError(f"entry point {point.name!r} in group {ENTRY_POINT_GROUP!r}: {error}") from None
     return registry

@@ -30,7 +30,7 @@ def test_a_name_cannot_be_taken_twice() -> None:
     registry = handlers.Registry()
     registry.register("x")(demo.echo)
     registry.register("x")(demo.echo)  # the same function again is harmless
-    with pytest.raises(ValueError, match="'x' is registered twice"):
+    with pytest.raises(handlers.DuplicateHandler, match="'x' is registered twice"):
         registry.register("x")(demo.report)
 
 

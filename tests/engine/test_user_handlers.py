@@ -7,6 +7,7 @@ as the chart's ``pools[].handlers`` sets it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import textwrap
@@ -14,7 +15,7 @@ import uuid
 
 import pytest
 
-from kubetask import store
+from kubetask import db
 
 DEMO_NAMES = ("echo", "sleep", "fail", "email", "image", "report")
 FINAL = ("succeeded", "dead_letter", "cancelled")
@@ -29,12 +30,12 @@ def _worker_env(dsn: str, modules: str | None = None, path: pathlib.Path | None 
     return env
 
 
-async def _run_until_final(conn: store.Conn, start_worker_process, sigterm_when, env: dict[str, str],
-                           tasks: dict[str, store.NewTask]) -> tuple[dict[str, store.TaskRow], str]:
+async def _run_until_final(conn: db.connection.Conn, start_worker_process, sigterm_when, env: dict[str, str],
+                           tasks: dict[str, db.queue.NewTask]) -> tuple[dict[str, db.reads.TaskRow], str]:
     """Admit ``tasks``, run one worker process until all are final, stop it; the rows and its output."""
-    await store.admit(conn, list(tasks.values()))
+    await db.queue.admit(conn, list(tasks.values()))
     process = await start_worker_process(env)
-    rows: dict[str, store.TaskRow] = {}
+    rows: dict[str, db.reads.TaskRow] = {}
 
     async def finished() -> bool:
         if process.returncode is not None:  # it stopped by itself: at start-up, say, a handler module failed
@@ -42,7 +43,7 @@ async def _run_until_final(conn: store.Conn, start_worker_process, sigterm_when,
             output = (await process.stdout.read()).decode()
             raise AssertionError(f"the worker process exited with {process.returncode}:\n{output}")
         for key, task in tasks.items():
-            row = await store.get_task(conn, task.uid)
+            row = await db.reads.get_task(conn, task.uid)
             if row is None or row.state not in FINAL:
                 return False
             rows[key] = row
@@ -54,7 +55,7 @@ async def _run_until_final(conn: store.Conn, start_worker_process, sigterm_when,
 
 
 async def test_a_user_module_may_register_every_demo_name_and_its_functions_run(
-        dsn: str, conn: store.Conn, new_task, start_worker_process, sigterm_when, tmp_path: pathlib.Path,
+        dsn: str, conn: db.connection.Conn, new_task, start_worker_process, sigterm_when, tmp_path: pathlib.Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBETASK_HANDLERS", raising=False)
     module = f"user_tasks_{uuid.uuid4().hex[:8]}"
@@ -78,7 +79,7 @@ async def test_a_user_module_may_register_every_demo_name_and_its_functions_run(
 
 
 async def test_the_demos_load_with_kubetask_demo(
-        dsn: str, conn: store.Conn, new_task, start_worker_process, sigterm_when,
+        dsn: str, conn: db.connection.Conn, new_task, start_worker_process, sigterm_when,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBETASK_HANDLERS", raising=False)
     tasks = {
@@ -94,7 +95,7 @@ async def test_the_demos_load_with_kubetask_demo(
 
 
 async def test_without_kubetask_demo_an_echo_task_dead_letters_as_an_unknown_handler(
-        dsn: str, conn: store.Conn, new_task, start_worker_process, sigterm_when,
+        dsn: str, conn: db.connection.Conn, new_task, start_worker_process, sigterm_when,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBETASK_HANDLERS", raising=False)
     tasks = {"echo": new_task(type="echo", payload={"hello": "nobody"}, max_retries=3)}
@@ -106,3 +107,16 @@ async def test_without_kubetask_demo_an_echo_task_dead_letters_as_an_unknown_han
     assert echo.attempts == 1, "an unknown handler is permanent: no retries"
     assert echo.last_error is not None and echo.last_error["type"] == "UnknownHandler", output
     assert "no handler named 'echo' on this worker; known handlers: (none)" in echo.last_error["message"]
+
+
+async def test_a_user_module_and_the_demos_claiming_one_name_stop_the_worker_saying_which(
+        dsn: str, start_worker_process, tmp_path: pathlib.Path) -> None:
+    module = f"user_echo_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from kubetask import handlers\n\n@handlers.register('echo')\ndef mine(payload, ctx):\n    return 1\n")
+    process = await start_worker_process(_worker_env(dsn, f"kubetask.demo,{module}", tmp_path))
+    assert process.stdout is not None
+    output = (await asyncio.wait_for(process.stdout.read(), 60)).decode()
+    assert await asyncio.wait_for(process.wait(), 60) == 2, output
+    assert f"lists module {module!r}, which registers a name already taken" in output
+    assert "'echo' is registered twice" in output and "Traceback" not in output

@@ -103,7 +103,7 @@ async def wait_state(conn: db.connection.Conn, wait_until, uid: str, state: str)
     return await wait_until(reached, what=f"task {uid} to be {state}")
 
 
-async def test_builtin_handlers_end_to_end(conn: db.connection.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
+async def test_demo_handlers_end_to_end(conn: db.connection.Conn, start_worker: StartWorker, new_task, wait_until) -> None:
     tasks = {
         "echo": new_task(type="echo", payload={"hello": "wörld"}),
         "sleep": new_task(type="sleep", payload={"seconds": 0.05}),
