@@ -198,7 +198,7 @@ async def test_cancel_missing_cancels_only_old_unlisted_unfinished_tasks(conn: d
     [(cutoff,)] = await cursor.fetchall()  # the moment the operator listed the live Tasks
     young = new_task()
     await db.queue.admit(conn, [young])  # created after the list: it cannot be judged by it
-    assert await db.queue.cancel(conn, *await db.upkeep.missing_uids(conn, [listed.uid], admitted_before=cutoff)) == 1
+    assert await db.queue.cancel(conn, *await db.upkeep.missing_uids(conn, [listed.uid], admitted_before=cutoff, namespaces=[])) == 1
     states = {t.uid: (await db.reads.get_task(conn, t.uid)).state  # type: ignore[union-attr]
               for t in (gone, listed, finished, young)}
     assert states == {gone.uid: "cancelled", listed.uid: "queued", finished.uid: "succeeded", young.uid: "queued"}

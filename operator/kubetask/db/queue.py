@@ -102,8 +102,13 @@ class ClaimedTask(RetryPolicy):
 
 
 def clean_text(text: str, limit: int, keep_tail: bool = False) -> str:
-    """Text we record ourselves (errors, tracebacks): NUL made visible, cut to ``limit`` characters."""
-    text = text.replace("\x00", "\\x00")
+    """Text we record ourselves (errors, tracebacks): NUL and lone surrogates made visible, cut to ``limit``.
+
+    ``str(exception)`` can hold a lone surrogate (bytes decoded with
+    ``surrogateescape``), which UTF-8 cannot encode: sent raw, the whole
+    outcome would fail to record and the attempt would later count as lost.
+    """
+    text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) <= limit:
         return text
     if keep_tail:
@@ -211,8 +216,9 @@ async def heartbeat(conn: Conn, lease_owner: str, lease_seconds: float, held: Se
 
 async def fail(conn: Conn, task_id: int, lease_owner: str, attempt: int, *, error_type: str,
                message: str, traceback: str | None, outcome: states.Outcome = states.Outcome.FAILED,
-               retry_at: datetime.datetime | None) -> bool:
-    """Record a failed attempt: retrying until ``retry_at``, or dead letter when it is None.
+               retry_in_seconds: float | None = None, retry_at: datetime.datetime | None = None) -> bool:
+    """Record a failed attempt: retrying ``retry_in_seconds`` from now on the database's clock (what the
+    worker passes: ``retry.Retry.delay_seconds``) or at ``retry_at``; dead letter when both are None.
 
     ``outcome`` is ``failed`` or ``timeout``. False (and nothing changed) when
     the attempt no longer holds the lease.
@@ -224,7 +230,7 @@ async def fail(conn: Conn, task_id: int, lease_owner: str, attempt: int, *, erro
         "error_type": clean_text(error_type, 200),
         "message": clean_text(message, MAX_ERROR_MESSAGE_CHARS),
         "traceback": None if traceback is None else clean_text(traceback, MAX_TRACEBACK_CHARS, keep_tail=True),
-        "outcome": str(outcome), "retry_at": retry_at,
+        "outcome": str(outcome), "retry_in": retry_in_seconds, "retry_at": retry_at,
     })
     return bool(row[0] == 1)
 

@@ -98,13 +98,22 @@ async def rescue(conn: Conn, rescues: Sequence[Rescue]) -> list[Rescued]:
 
 # ------------------------------------------------------------------ objects
 
-async def missing_uids(conn: Conn, live: Collection[str], admitted_before: datetime.datetime) -> list[str]:
-    """Uids of unfinished tasks admitted before ``admitted_before`` that are not in ``live``.
+async def clock(conn: Conn) -> datetime.datetime:
+    """The database's ``now()``."""
+    row = await one(conn, QUERIES["clock"], {})
+    now: datetime.datetime = row[0]
+    return now
+
+
+async def missing_uids(conn: Conn, live: Collection[str], admitted_before: datetime.datetime,
+                       namespaces: Sequence[str]) -> list[str]:
+    """Uids of unfinished tasks of ``namespaces`` (empty: all) admitted before ``admitted_before``, not in ``live``.
 
     For Task objects deleted while the operator was not watching; ``live``
-    is the set of Task uids listed after ``admitted_before``.
+    is the set of Task uids of those namespaces listed after ``admitted_before``.
     """
-    cursor = await conn.execute(QUERIES["missing_uids"], {"live": list(live), "admitted_before": admitted_before})
+    cursor = await conn.execute(QUERIES["missing_uids"], {"live": list(live), "admitted_before": admitted_before,
+                                                          "namespaces": list(namespaces)})
     return [uid for (uid,) in await cursor.fetchall()]
 
 

@@ -59,11 +59,15 @@ def admissible(raw: dict[str, Any]) -> db.queue.NewTask | Refusal:
     if nul is not None:
         return Refusal(f"{nul} holds a NUL character (\\u0000), which PostgreSQL cannot store: "
                        "encode binary data, e.g. as base64")
+    created = meta.get("creationTimestamp")
+    base = (datetime.datetime.fromisoformat(created.replace("Z", "+00:00")) if created
+            else datetime.datetime.now(datetime.timezone.utc))
     run_at: datetime.datetime | None = spec.run_at
+    if run_at is not None and run_at < base:
+        # A time before the Task existed would sort ahead of every due task of its queue (the claim orders
+        # by run_at) and look long overdue to the alerts: it means "now", which is when the Task was made.
+        run_at = base
     if spec.delay_seconds is not None:
-        created = meta.get("creationTimestamp")
-        base = (datetime.datetime.fromisoformat(created.replace("Z", "+00:00")) if created
-                else datetime.datetime.now(datetime.timezone.utc))
         run_at = base + datetime.timedelta(seconds=spec.delay_seconds)
     return db.queue.NewTask(
         uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], type=spec.type,

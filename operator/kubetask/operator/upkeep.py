@@ -34,6 +34,8 @@ RESCUE_BATCH = 500
 """Expired leases handled per pass; a larger backlog is taken by the next passes, back to back."""
 TTL_BATCH = 500
 """TTL deletions per pass."""
+ORPHAN_MARGIN = datetime.timedelta(seconds=5)
+"""Rows admitted this close to the orphan sweep's LIST are left for the next sweep."""
 
 
 def decide_rescue(lease: db.upkeep.ExpiredLease, rng: random.Random) -> db.upkeep.Rescue:
@@ -81,10 +83,12 @@ async def ttl_once(rt: Runtime, conn: db.connection.Conn) -> bool:
 
 
 async def orphans_once(rt: Runtime, conn: db.connection.Conn) -> bool:
-    # Only rows admitted before the list began can be judged by it.
-    listed_at = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)
+    # Only rows admitted before the list began can be judged by it, on the database's clock (the rows'
+    # own), with a margin for an API server whose watch cache serves the list a little behind.
+    listed_at = await db.upkeep.clock(conn) - ORPHAN_MARGIN
     live = await rt.kube.task_uids(rt.config.namespaces)
-    cancelled = await db.queue.cancel(conn, *await db.upkeep.missing_uids(conn, live, admitted_before=listed_at))
+    missing = await db.upkeep.missing_uids(conn, live, admitted_before=listed_at, namespaces=rt.config.namespaces)
+    cancelled = await db.queue.cancel(conn, *missing)
     if cancelled:
         log.info("cancelled %d task(s) whose Task object was deleted while the operator was away", cancelled)
     return False

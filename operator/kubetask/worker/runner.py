@@ -312,10 +312,11 @@ class Worker:
         error_type = type(error).__qualname__
         message = str(error) or error_type
         trace = None if isinstance(error, OWN_ERRORS) else "".join(traceback.format_exception(error))
-        retry_at = decision.at if isinstance(decision, retry.Retry) else None
+        retry_in = decision.delay_seconds if isinstance(decision, retry.Retry) else None
         recorded = await self._db.run(
             lambda conn: db.queue.fail(conn, task.id, self.lease_owner, task.attempt, error_type=error_type,
-                                    message=message, traceback=trace, outcome=outcome, retry_at=retry_at),
+                                    message=message, traceback=trace, outcome=outcome,
+                                    retry_in_seconds=retry_in),
             f"recording the failure of {_label(task)}", patience=self.config.lease_seconds)
         self.metrics.attempt(task.type, outcome if recorded else "discarded", seconds)
         if recorded and not isinstance(decision, retry.Retry):

@@ -135,19 +135,23 @@ WHERE held.id NOT IN (SELECT id FROM extended)
 ORDER BY held.id;
 
 -- name: fail
--- A failed attempt (the handler raised or timed out). retry_at NULL: dead
--- letter. Otherwise retrying until retry_at; when that is already due the
--- queue is notified at once.
-WITH failed AS (
+-- A failed attempt (the handler raised or timed out). Retrying after
+-- retry_in seconds on the database's clock (so a worker whose clock is off
+-- cannot shorten or stretch a backoff), or at retry_at; both NULL: dead
+-- letter. When the retry is already due the queue is notified at once.
+WITH decision AS (
+    SELECT coalesce(now() + make_interval(secs => %(retry_in)s::float8), %(retry_at)s::timestamptz) AS retry_at
+), failed AS (
     UPDATE kubetask_tasks
-    SET state = CASE WHEN %(retry_at)s::timestamptz IS NULL THEN 'dead_letter' ELSE 'retrying' END,
-        run_at = coalesce(%(retry_at)s::timestamptz, run_at),
-        finished_at = CASE WHEN %(retry_at)s::timestamptz IS NULL THEN now() END,
+    SET state = CASE WHEN d.retry_at IS NULL THEN 'dead_letter' ELSE 'retrying' END,
+        run_at = coalesce(d.retry_at, run_at),
+        finished_at = CASE WHEN d.retry_at IS NULL THEN now() END,
         last_error = jsonb_build_object(
             'type', %(error_type)s::text, 'message', %(message)s::text, 'attempt', attempts),
         lease_owner = NULL,
         lease_expires_at = NULL,
         version = version + 1
+    FROM decision AS d
     WHERE id = %(task_id)s AND lease_owner = %(lease_owner)s AND state = 'running'
       AND attempts = %(attempt)s
     RETURNING id, attempts, state, queue, run_at

@@ -59,12 +59,19 @@ FROM rescued AS r;
 
 -- name: missing_uids
 -- Tasks whose object was deleted while the operator was not watching: every
--- unfinished row admitted before the list of live uids was taken and absent
--- from it (queue.cancel then cancels them).
+-- unfinished row of the namespaces the list covered (an empty array: all)
+-- admitted before the list of live uids was taken and absent from it
+-- (queue.cancel then cancels them).
 SELECT uid::text AS uid
 FROM kubetask_tasks
 WHERE state IN ('queued', 'running', 'retrying') AND created_at < %(admitted_before)s
+  AND (cardinality(%(namespaces)s::text[]) = 0 OR namespace = ANY(%(namespaces)s::text[]))
   AND uid <> ALL(%(live)s::uuid[]);
+
+-- name: clock
+-- The database's clock: every time a sweep compares with row times is read
+-- from it, so an operator whose clock is off judges nothing wrongly.
+SELECT now();
 
 -- name: expired_ttl
 -- Finished rows whose Task object has outlived ttlSecondsAfterFinished, once
