@@ -69,6 +69,10 @@ UNKNOWN_TYPE = "unknown"
 """``type`` label of tasks whose handler the worker does not know: the type comes from the Task spec, and a
 label per misspelt name would grow the series without bound."""
 
+UNSERVED_QUEUE = "_unserved"
+"""``queue`` label of the operator's figures for queues no worker pool serves, summed: queue names come from
+Task specs. Not a valid queue name (queues are DNS labels), so it never stands for a real queue."""
+
 
 class EndpointError(OSError):
     """The metrics endpoint cannot listen on its port."""
@@ -269,11 +273,20 @@ class _OperatorCollector(prometheus_client.registry.Collector):
                                    "waiting for a worker, from when it became due; 0 when none waits.",
                                    labels=["queue"])
         # A queue a pool serves is reported even when empty: its depth falls back to 0 rather than vanishing.
+        # Queues no pool serves are one series: their names are whatever Tasks say, so a tenant could
+        # otherwise create series without bound.
+        served = {pool.queue for pool in pools}
         listed = {queue.queue for queue in facts.queues}
         idle = [db.reads.QueueDepth(name, queued=0, retrying=0, due=0, scheduled=0, running=0,
                                     oldest_due_seconds=0.0, busy_pods={})
-                for name in sorted({pool.queue for pool in pools} - listed)]
-        for queue in [*facts.queues, *idle]:
+                for name in sorted(served - listed)]
+        unserved = [queue for queue in facts.queues if queue.queue not in served]
+        folded = [db.reads.QueueDepth(
+            UNSERVED_QUEUE, queued=sum(q.queued for q in unserved), retrying=sum(q.retrying for q in unserved),
+            due=sum(q.due for q in unserved), scheduled=sum(q.scheduled for q in unserved),
+            running=sum(q.running for q in unserved),
+            oldest_due_seconds=max(q.oldest_due_seconds for q in unserved), busy_pods={})] if unserved else []
+        for queue in [*(q for q in facts.queues if q.queue in served), *idle, *folded]:
             for phase, count in (("Queued", queue.queued), ("Running", queue.running),
                                  ("Retrying", queue.retrying)):
                 tasks.add_metric([queue.queue, phase], count)

@@ -96,3 +96,16 @@ def test_a_leader_without_fresh_database_figures_reports_none_rather_than_stale_
     samples = rendered(_operator(True, None).registry)
     assert "kubetask_queue_depth" not in names(samples)
     assert "kubetask_pool_desired_replicas" in names(samples)
+
+
+def test_queues_no_pool_serves_are_folded_into_one_series() -> None:
+    """A tenant creating Tasks with random queue names must not create unbounded metric series."""
+    random_queues = [db.reads.QueueDepth(f"typo-{i}", queued=1, retrying=0, due=1, scheduled=0, running=0,
+                                         oldest_due_seconds=float(i), busy_pods={}) for i in range(50)]
+    facts = metrics.DatabaseFacts(queues=[*FACTS.queues, *random_queues], mirror_backlog=0, mirror_lag_seconds=0)
+    samples = rendered(_operator(True, facts).registry)
+    depth_queues = {dict(labels)["queue"] for name, labels in samples if name == "kubetask_queue_depth"}
+    assert depth_queues == {"a", "idle", metrics.UNSERVED_QUEUE}
+    assert samples[("kubetask_queue_depth", frozenset({("queue", metrics.UNSERVED_QUEUE)}))] == 50
+    assert samples[("kubetask_queue_oldest_due_seconds", frozenset({("queue", metrics.UNSERVED_QUEUE)}))] == 49
+    assert samples[("kubetask_tasks", frozenset({("queue", metrics.UNSERVED_QUEUE), ("phase", "Queued")}))] == 50
