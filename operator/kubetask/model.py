@@ -36,12 +36,31 @@ RETRY_ANNOTATION = f"{GROUP}/retry"
 #: Bytes of JSON a payload may take; larger data belongs in object storage,
 #: referenced by the payload.
 MAX_PAYLOAD_BYTES = 64 * 1024
+#: Levels of nesting a payload may have. Python's json gives up near 1,000 by default; a payload
+#: nested deeper than any real argument list is refused by name instead.
+MAX_PAYLOAD_DEPTH = 64
 #: Bytes of JSON of a result mirrored into status; the full result stays in PostgreSQL.
 MAX_STATUS_RESULT_BYTES = 8 * 1024
 #: Characters of an error message mirrored into status.
 MAX_STATUS_ERROR_CHARS = 2048
 #: Attempts kept in ``status.history`` (all of them stay in PostgreSQL).
 STATUS_HISTORY_LENGTH = 10
+
+
+def depth(value: Any) -> int:
+    """Levels of nesting of a JSON value (a scalar is 0), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def find_nul(value: Any, path: str = "$") -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 
-from kubetask import db, states
+from kubetask import db, model, states
 from kubetask.operator import admission
 
 OWNER = "pod-1/aaaa"
@@ -67,3 +67,22 @@ async def test_the_orphan_sweep_judges_only_the_namespaces_it_serves(conn: db.co
     assert missing == [mine.uid]
     everywhere = await db.upkeep.missing_uids(conn, [], admitted_before=later, namespaces=[])
     assert sorted(everywhere) == sorted([mine.uid, theirs.uid]), "a cluster-wide operator judges them all"
+
+
+def deep(levels: int) -> dict[str, object]:
+    payload: dict[str, object] = {}
+    for _ in range(levels):
+        payload = {"a": payload}
+    return payload
+
+
+def test_a_deeply_nested_payload_is_refused_by_name_not_by_a_recursion_error() -> None:
+    """JSON 5,000 deep is a few KB that the API server stores; Python's json gives up at ~1,000 levels."""
+    body = {"metadata": {"uid": "6f0c0f5e-0000-4000-8000-000000000003", "namespace": "ns", "name": "deep",
+                         "creationTimestamp": "2026-01-02T03:04:05Z"},
+            "spec": {"type": "echo", "payload": deep(5000)}}
+    refusal = admission.admissible(body)
+    assert isinstance(refusal, admission.Refusal)
+    assert "spec.payload is nested" in refusal.reason and str(model.MAX_PAYLOAD_DEPTH) in refusal.reason
+    assert isinstance(admission.admissible({**body, "spec": {"type": "echo", "payload": deep(30)}}),
+                      db.queue.NewTask)

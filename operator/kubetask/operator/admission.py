@@ -45,6 +45,10 @@ def admissible(raw: dict[str, Any]) -> db.queue.NewTask | Refusal:
     meta = raw["metadata"]
     spec_raw = raw.get("spec") or {}
     payload = spec_raw.get("payload") or {}
+    levels = model.depth(payload)
+    if levels > model.MAX_PAYLOAD_DEPTH:
+        return Refusal(f"spec.payload is nested {levels} levels deep, over the {model.MAX_PAYLOAD_DEPTH}-level cap: "
+                       "flatten it (a list of records rather than records inside records)")
     size = len(json.dumps(payload, separators=(",", ":")).encode())
     if size > model.MAX_PAYLOAD_BYTES:
         return Refusal(f"spec.payload is {size} bytes, over the {model.MAX_PAYLOAD_BYTES}-byte cap: store large "

@@ -29,6 +29,12 @@ from kubetask.operator.runtime import Runtime
 
 log = logging.getLogger("kubetask.operator")
 
+JSON_NESTING = 25_000
+"""Recursion limit of the operator process. Python's json decoder counts one level per nested object
+against it (1,000 by default), and the API server stores objects nested far deeper (it accepted 5,000
+levels here; its own JSON limit is 10,000): one such Task would kill kopf's watch stream, and with it
+every tenant's admission. Admission then refuses the Task by name (``model.MAX_PAYLOAD_DEPTH``)."""
+
 
 class _NoDiffBase(kopf.DiffBaseStorage):
     """No diff base: kopf deep-copies every object on every watch event to diff it against the last
@@ -115,6 +121,7 @@ def main() -> int:
     except db.connection.DatabaseUnreachable as err:
         print(f"kubetask operator: {err}", file=sys.stderr)
         return 1
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), JSON_NESTING))
     namespaces = config.namespaces
     # Standalone: replicas elect their leader through PostgreSQL (see services), not kopf peering.
     kopf.run(
