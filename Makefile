@@ -63,6 +63,9 @@ bench-quick: binaries
 ## kind, kind-down: the real thing on kind (needs Docker; see mk/kind.mk)
 include mk/kind.mk
 
+## node, node-down: the chart on a real node of this machine (kubelet, containerd, runc; needs root; see mk/node.mk)
+include mk/node.mk
+
 ## chaos, chaos-quick: the soak (10,000 / 1,000 tasks) under worker kills and restarts of everything
 include mk/chaos.mk
 
