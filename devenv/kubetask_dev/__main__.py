@@ -100,6 +100,7 @@ def main() -> None:
     dev_parser.add_argument("--examples", action="store_true", help="apply examples/ once ready")
     sub.add_parser("node", help="control plane, PostgreSQL, a real node (kubelet, containerd) and the chart, in the background")
     sub.add_parser("node-down", help="stop everything `node` started and undo its changes to the host")
+    sub.add_parser("node-prepare", help="build the real node's binaries and images, where this machine can run one")
     args = parser.parse_args()
     if args.command == "binaries":
         started = time.monotonic()
@@ -113,6 +114,8 @@ def main() -> None:
         nodestack.up(args.state_dir)
     elif args.command == "node-down":
         nodestack.down(args.state_dir)
+    elif args.command == "node-prepare":
+        nodestack.prepare()
     elif args.command == "dev":
         dev(args.state_dir, args.examples or os.environ.get("KUBETASK_DEV_EXAMPLES") == "1")
 

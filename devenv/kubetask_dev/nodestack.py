@@ -103,6 +103,17 @@ def host_dsn(pg: postgres.PostgresServer, database: str) -> str:
     return f"postgresql://{postgres.SUPERUSER}@{node.BRIDGE_IP}:{pg.port}/{database}"
 
 
+def prepare() -> None:
+    """Build what the real node needs (tests/node and ``make node``), or say why this machine cannot run one."""
+    reason = node.unavailable()
+    if reason:
+        _log(f"no real node on this machine ({reason}): nothing to build, tests/node will be skipped")
+        return
+    started = time.monotonic()
+    images.ensure(binaries.ensure_node().coredns)
+    _log(f"node binaries and images ready in {time.monotonic() - started:.0f}s")
+
+
 def up(state: pathlib.Path) -> None:
     started = time.monotonic()
     state = state.resolve()
