@@ -35,7 +35,7 @@ dev: binaries
 	$(PY) -m kubetask_dev --state-dir $(STATE) dev
 
 ## test: the whole suite against a real control plane and PostgreSQL
-test: binaries
+test: binaries node-prepare
 	$(VENV)/bin/pytest
 
 ## test-unit: the tests that need no server

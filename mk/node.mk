@@ -9,7 +9,12 @@
 NODE_STATE := .node
 NODE_APT := containerd runc containernetworking-plugins iptables iproute2 socat buildah mmdebstrap conntrack
 
-.PHONY: node node-down
+.PHONY: node node-down node-prepare
+
+## node-prepare: the kubelet, kube-proxy, CoreDNS and the images, built once and cached (a no-op saying
+## why where this machine cannot run a node); `make test` runs it so tests/node never builds under a timeout
+node-prepare: binaries
+	$(PY) -m kubetask_dev node-prepare
 
 node: binaries
 	$(PY) -m kubetask_dev --state-dir $(NODE_STATE) node
