@@ -52,7 +52,8 @@ import sys
 import time
 from typing import Any
 
-from kubetask_dev import binaries, controlplane, images
+from kubetask_dev import binaries, controlplane, postgres
+from kubetask_dev import images as image_builds
 
 NODE_NAME = "kubetask-node"
 BRIDGE = "kt0"
@@ -106,8 +107,11 @@ def unavailable() -> str | None:
     probe = _run("runc", "--version", check=False)
     if probe.returncode != 0:
         return f"runc does not run: {probe.stderr.strip()}"
-    if _link_exists(BRIDGE) and not (pathlib.Path("/run/kubetask-node") / "owner").exists():
-        return f"a network device {BRIDGE} exists that this environment did not make"
+    if _link_exists(BRIDGE):
+        owner = pathlib.Path("/run/kubetask-node/owner")
+        where = f" (from {owner.read_text().strip()})" if owner.exists() else ""
+        return (f"another real node is running{where}: network device {BRIDGE} exists; "
+                "`make node-down` stops a `make node`")
     return None
 
 
@@ -204,7 +208,7 @@ class Node:
 
     state: pathlib.Path
     plane: controlplane.ControlPlane
-    images: images.NodeImages
+    images: image_builds.NodeImages
 
     @property
     def containerd_socket(self) -> pathlib.Path:
@@ -214,7 +218,7 @@ class Node:
         return _run("ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args, check=check)
 
     @classmethod
-    def start(cls, state: pathlib.Path, plane: controlplane.ControlPlane, node_images: images.NodeImages,
+    def start(cls, state: pathlib.Path, plane: controlplane.ControlPlane, node_images: image_builds.NodeImages,
               extra_forwards: dict[str, int] | None = None) -> "Node":
         """Network, containerd, kubelet, kube-proxy, CoreDNS; on failure undo everything and re-raise."""
         try:
@@ -224,7 +228,7 @@ class Node:
             raise
 
     @classmethod
-    def _start(cls, state: pathlib.Path, plane: controlplane.ControlPlane, node_images: images.NodeImages,
+    def _start(cls, state: pathlib.Path, plane: controlplane.ControlPlane, node_images: image_builds.NodeImages,
                extra_forwards: dict[str, int]) -> "Node":
         started = time.monotonic()
         bins = binaries.ensure_node()
@@ -293,7 +297,7 @@ class Node:
         controlplane._spawn(self.state, "containerd", ["containerd", "--config", str(config)])
         _wait(lambda: self.ctr("version", check=False).returncode == 0, 30, "containerd", self.state)
         for image in self.images.all():
-            self.ctr("images", "import", str(images.archive(image)))
+            self.ctr("images", "import", str(image_builds.archive(image)))
         have = self.ctr("images", "ls", "-q").stdout.split()
         lost = [i for i in self.images.all() if i not in have]
         if lost:
@@ -416,8 +420,8 @@ class Node:
             "clientConnection": {"kubeconfig": str(kubeconfig)},
             "hostnameOverride": NODE_NAME,
             "bindAddress": BRIDGE_IP,
-            "healthzBindAddress": f"127.0.0.1:{controlplane.free_port()}",
-            "metricsBindAddress": f"127.0.0.1:{controlplane.free_port()}",
+            "healthzBindAddress": f"127.0.0.1:{postgres.free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{postgres.free_port()}",
             "mode": "iptables",
             "clusterCIDR": POD_CIDR,
             "detectLocalMode": "ClusterCIDR",

@@ -146,7 +146,10 @@ def up(state: pathlib.Path) -> None:
         shutil.copy(plane.kubeconfig, state / "kubeconfig")
         node.Node.start(state / "node", plane, node_images, extra_forwards={"postgres": pg.port})
         database_secret(plane, host_dsn(pg, DATABASE))
-        install(plane, chart_values(node_images))
+        values = chart_values(node_images)
+        # Per-attempt lines (started, succeeded, with the Task's uid) are debug lines: show them in kubectl logs.
+        values["logs"] = {"level": "debug"}
+        install(plane, values)
     except BaseException:
         down(state)
         raise
