@@ -86,6 +86,11 @@ def _exists(image: str) -> bool:
     ).returncode == 0
 
 
+def _work_dir(prefix: str) -> pathlib.Path:
+    images_root().mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=images_root()))
+
+
 def _digest(*parts: str | bytes | pathlib.Path) -> str:
     hasher = hashlib.sha256()
     for part in parts:
@@ -102,7 +107,7 @@ def _digest(*parts: str | bytes | pathlib.Path) -> str:
 
 def _rootfs_image(name: str, packages: tuple[str, ...], hooks: tuple[str, ...], config: tuple[str, ...]) -> None:
     """mmdebstrap a bookworm root file system and commit it as image ``name``."""
-    work = pathlib.Path(tempfile.mkdtemp(prefix="rootfs-", dir=images_root()))
+    work = _work_dir("rootfs-")
     try:
         tarball = work / "rootfs.tar"
         cmd = ["mmdebstrap", "--mode=root", "--variant=essential", "--quiet", f"--include={','.join(packages)}"]
@@ -180,7 +185,7 @@ def pause_image() -> str:
     name = f"{REPOSITORY}/pause:{_digest(PAUSE_SOURCE)}"
     if _exists(name):
         return name
-    work = pathlib.Path(tempfile.mkdtemp(prefix="pause-", dir=images_root()))
+    work = _work_dir("pause-")
     try:
         env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"}
         subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(work / "pause"), "."],

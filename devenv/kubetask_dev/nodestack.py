@@ -17,6 +17,7 @@ State lives in one directory (``.node/`` for the Makefile):
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import pathlib
 import shutil
@@ -103,6 +104,17 @@ def host_dsn(pg: postgres.PostgresServer, database: str) -> str:
     return f"postgresql://{postgres.SUPERUSER}@{node.BRIDGE_IP}:{pg.port}/{database}"
 
 
+def build() -> tuple[binaries.NodeBinaries, images.NodeImages]:
+    """The node's binaries and images. Cold, the Go builds are CPU-bound and the Debian images mostly
+    download and unpack packages, so the two run side by side."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        node_bins = pool.submit(binaries.ensure_node)
+        rootfs = pool.submit(lambda: (images.kubetask_image(), images.postgres_image()))
+        rootfs.result()
+        built = node_bins.result()
+    return built, images.ensure(built.coredns)
+
+
 def prepare() -> None:
     """Build what the real node needs (tests/node and ``make node``), or say why this machine cannot run one."""
     reason = node.unavailable()
@@ -110,7 +122,7 @@ def prepare() -> None:
         _log(f"no real node on this machine ({reason}): nothing to build, tests/node will be skipped")
         return
     started = time.monotonic()
-    images.ensure(binaries.ensure_node().coredns)
+    build()
     _log(f"node binaries and images ready in {time.monotonic() - started:.0f}s")
 
 
@@ -123,8 +135,7 @@ def up(state: pathlib.Path) -> None:
     if reason:
         raise SystemExit(f"kubetask node: cannot run here: {reason}")
     bins = binaries.ensure()
-    node_bins = binaries.ensure_node()
-    node_images = images.ensure(node_bins.coredns)
+    _, node_images = build()
     built = time.monotonic()
     # Every run starts from nothing: a previous run's etcd would still hold its release and pods.
     for part in ("cluster", "postgres", "node"):

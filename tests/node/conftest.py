@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubetask_dev import binaries, controlplane, devstack, images, node, nodestack, postgres
+from kubetask_dev import binaries, controlplane, devstack, node, nodestack, postgres
 
 from tests.conftest import ROOT
 
@@ -46,7 +46,7 @@ def real_node(tmp_path_factory: pytest.TempPathFactory, pg_server: postgres.Post
     if reason:
         pytest.skip(f"no real node on this machine: {reason}")
     binaries.ensure()
-    node_images = images.ensure(binaries.ensure_node().coredns)
+    _, node_images = nodestack.build()
     state = tmp_path_factory.mktemp("real-node")
     node.network_up(state / "node")
     plane = None
