@@ -567,6 +567,10 @@ def stop(state: pathlib.Path, plane: controlplane.ControlPlane | None = None) ->
             _write_sysctl(key, value)
     host_file.unlink(missing_ok=True)
     shutil.rmtree("/run/kubetask-node", ignore_errors=True)
+    # Image layers and pod volumes are gigabytes and useless once stopped; configuration and logs stay.
+    if not any(item.startswith("mount ") for item in leftovers(state)):
+        for bulky in ("containerd/root", "containerd/state", "kubelet"):
+            shutil.rmtree(state / bulky, ignore_errors=True)
 
 
 def _kill_containers(socket_path: pathlib.Path) -> None:
