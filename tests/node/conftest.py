@@ -41,10 +41,11 @@ class RealNode:
 
 
 @pytest.fixture(scope="session")
-def real_node(tmp_path_factory: pytest.TempPathFactory, pg_server: postgres.PostgresServer) -> Iterator[RealNode]:
+def real_node(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RealNode]:
     reason = node.unavailable()
     if reason:
         pytest.skip(f"no real node on this machine: {reason}")
+    pg_server: postgres.PostgresServer = request.getfixturevalue("pg_server")  # only once the node can run
     binaries.ensure()
     _, node_images = nodestack.build()
     state = tmp_path_factory.mktemp("real-node")
