@@ -148,6 +148,8 @@ def network_up(state: pathlib.Path) -> None:
         before = {
             "sysctls": {key: _read_sysctl(key) for key in SYSCTLS_TOUCHED},
             "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+            # KUBE-* chains someone else made (another cluster on this host) are not ours to remove.
+            "chains": sorted(_chains()),
         }
         host_file.write_text(json.dumps(before))
     marker = pathlib.Path("/run/kubetask-node")
@@ -552,12 +554,12 @@ def stop(state: pathlib.Path, plane: controlplane.ControlPlane | None = None) ->
     if pids_file.exists():
         pids_file.unlink()
     _kill_shims(state)
-    kube_proxy = binaries.node_bin_dir() / "kube-proxy"
-    if kube_proxy.exists():
-        _run(str(kube_proxy), "--cleanup", "--v=0", check=False)
-    _remove_chains()
     host_file = state / "host.json"
-    host = json.loads(host_file.read_text()) if host_file.exists() else {"sysctls": {}, "netns": []}
+    host = json.loads(host_file.read_text()) if host_file.exists() else {"sysctls": {}, "netns": [], "chains": []}
+    kube_proxy = binaries.node_bin_dir() / "kube-proxy"
+    if kube_proxy.exists() and not any(c.endswith("/KUBE-SERVICES") for c in host.get("chains", [])):
+        _run(str(kube_proxy), "--cleanup", "--v=0", check=False)
+    _remove_chains(set(host.get("chains", [])))
     _remove_netns(set(host["netns"]))
     _remove_links()
     _unmount_under(state)
@@ -600,14 +602,27 @@ def _kill_shims(state: pathlib.Path) -> None:
                 pass
 
 
-def _remove_chains() -> None:
+def _chains() -> set[str]:
+    """``tool/table/chain`` of every chain named like ours (KUBE-*, KUBETASK-NODE)."""
+    found = set()
+    for tool in IPTABLES:
+        if shutil.which(tool) is None:
+            continue
+        for table in TABLES:
+            rules = _run(f"{tool}-save", "-t", table, check=False).stdout.splitlines()
+            found |= {f"{tool}/{table}/{line[1:].split()[0]}" for line in rules
+                      if line.startswith(":") and line[1:].startswith(CHAIN_PREFIXES)}
+    return found
+
+
+def _remove_chains(before: set[str]) -> None:
     for tool in IPTABLES:
         if shutil.which(tool) is None:
             continue
         for table in TABLES:
             rules = _run(f"{tool}-save", "-t", table, check=False).stdout.splitlines()
             chains = [line[1:].split()[0] for line in rules if line.startswith(":")]
-            ours = [c for c in chains if c.startswith(CHAIN_PREFIXES)]
+            ours = [c for c in chains if c.startswith(CHAIN_PREFIXES) and f"{tool}/{table}/{c}" not in before]
             if not ours:
                 continue
             builtin = [c for c in chains if c not in ours and c.isupper() and not c.startswith(CHAIN_PREFIXES)]
