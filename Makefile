@@ -69,5 +69,5 @@ include mk/node.mk
 ## chaos, chaos-quick: the soak (10,000 / 1,000 tasks) under worker kills and restarts of everything
 include mk/chaos.mk
 
-clean: cluster-down
-	rm -rf $(STATE) $(VENV)
+clean: cluster-down node-down
+	rm -rf $(STATE) $(NODE_STATE) $(VENV)
