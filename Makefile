@@ -35,7 +35,7 @@ dev: binaries
 	$(PY) -m kubetask_dev --state-dir $(STATE) dev
 
 ## test: the whole suite against a real control plane and PostgreSQL
-test: binaries
+test: binaries node-prepare
 	$(VENV)/bin/pytest
 
 ## test-unit: the tests that need no server
@@ -63,8 +63,11 @@ bench-quick: binaries
 ## kind, kind-down: the real thing on kind (needs Docker; see mk/kind.mk)
 include mk/kind.mk
 
+## node, node-down: the chart on a real node of this machine (kubelet, containerd, runc; needs root; see mk/node.mk)
+include mk/node.mk
+
 ## chaos, chaos-quick: the soak (10,000 / 1,000 tasks) under worker kills and restarts of everything
 include mk/chaos.mk
 
-clean: cluster-down
-	rm -rf $(STATE) $(VENV)
+clean: cluster-down node-down
+	rm -rf $(STATE) $(NODE_STATE) $(VENV)

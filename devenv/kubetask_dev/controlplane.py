@@ -50,14 +50,21 @@ def _openssl(*args: str, cwd: pathlib.Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_pki(pki: pathlib.Path) -> None:
-    """CA, apiserver serving certificate and the ServiceAccount signing key."""
+def make_pki(pki: pathlib.Path, extra_ips: tuple[str, ...] = ()) -> None:
+    """CA, apiserver serving certificate, the ServiceAccount signing key, and the apiserver's kubelet client."""
     pki.mkdir(parents=True, exist_ok=True)
-    if (pki / "apiserver.crt").exists():
-        return
+    if not (pki / "apiserver.crt").exists():
+        _make_server_pki(pki, extra_ips)
+    if not (pki / "kubelet-client.crt").exists():
+        # How the apiserver authenticates to a real kubelet (logs, exec, port-forward); kwok ignores it.
+        client_certificate(pki, "kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
+
+
+def _make_server_pki(pki: pathlib.Path, extra_ips: tuple[str, ...]) -> None:
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
              "-days", "3650", "-subj", "/CN=kubetask-dev-ca", cwd=pki)
-    sans = "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+    ips = ",".join(f"IP:{ip}" for ip in ("127.0.0.1", "10.96.0.1", *extra_ips))
+    sans = f"subjectAltName={ips},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr",
              "-subj", "/CN=kube-apiserver", "-addext", sans, cwd=pki)
     (pki / "ext.cnf").write_text(sans + "\nextendedKeyUsage=serverAuth\n")
@@ -65,6 +72,16 @@ def make_pki(pki: pathlib.Path) -> None:
              "-out", "apiserver.crt", "-days", "3650", "-extfile", "ext.cnf", cwd=pki)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def client_certificate(pki: pathlib.Path, name: str, subject: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A client certificate signed by the cluster CA: ``O=`` are the groups, ``CN=`` the user."""
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", subject, cwd=pki)
+    (pki / f"{name}.cnf").write_text("extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.cnf", cwd=pki)
+    return pki / f"{name}.crt", pki / f"{name}.key"
 
 
 def kubeconfig_text(server: str, ca_file: pathlib.Path, token: str, user: str = "admin") -> str:
@@ -142,23 +159,28 @@ class ControlPlane:
 
     @classmethod
     def start(cls, state_dir: pathlib.Path, nodes: int = DEFAULT_NODES, harness: bool = True,
-              harness_env: dict[str, str] | None = None) -> "ControlPlane":
-        """Start everything; on any failure stop what was started and re-raise."""
+              harness_env: dict[str, str] | None = None, advertise_address: str = "127.0.0.1") -> "ControlPlane":
+        """Start everything; on any failure stop what was started and re-raise.
+
+        ``advertise_address`` is what the ``kubernetes`` Service's endpoints say: the real node
+        (node.py) passes the host's address on its pod bridge, where it forwards to 127.0.0.1,
+        so that pods reach the API server; the server itself listens on 127.0.0.1 only.
+        """
         try:
-            return cls._start(state_dir, nodes, harness, harness_env)
+            return cls._start(state_dir, nodes, harness, harness_env, advertise_address)
         except BaseException:
             stop(state_dir)
             raise
 
     @classmethod
-    def _start(cls, state_dir: pathlib.Path, nodes: int = DEFAULT_NODES, harness: bool = True,
-              harness_env: dict[str, str] | None = None) -> "ControlPlane":
+    def _start(cls, state_dir: pathlib.Path, nodes: int, harness: bool,
+               harness_env: dict[str, str] | None, advertise_address: str) -> "ControlPlane":
         started = time.monotonic()
         bins = binaries.ensure()
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "logs").mkdir(exist_ok=True)
         pki = state_dir / "pki"
-        make_pki(pki)
+        make_pki(pki, extra_ips=() if advertise_address == "127.0.0.1" else (advertise_address,))
         ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")}
         token = secrets.token_hex(24)
         (pki / "tokens.csv").write_text(f'{token},kubetask-admin,kubetask-admin,"system:masters"\n')
@@ -181,7 +203,11 @@ class ControlPlane:
         _spawn(state_dir, "kube-apiserver", [
             str(bins.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+            "--bind-address=127.0.0.1", f"--advertise-address={advertise_address}", f"--secure-port={ports['apiserver']}",
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+            # Reach kubelets by their address: a node's name is in no DNS here.
+            "--kubelet-preferred-address-types=InternalIP",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",

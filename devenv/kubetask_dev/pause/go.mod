@@ -1,0 +1,3 @@
+module kubetask.local/pause
+
+go 1.25
