@@ -163,21 +163,52 @@ def _kubetask_inputs() -> list[pathlib.Path]:
     return files
 
 
+KUBETASK_RECIPE = "2"
+"""Part of the kubetask image's tag: bump it when the way the image is built changes, so tags built the old
+way are not reused (recipe 1 used buildah's layer cache, which once served an image of older code)."""
+
+
+def _packaged_modules(image: str) -> set[str]:
+    """The kubetask modules installed in ``image``, as paths relative to the package."""
+    container = _buildah("from", "--pull-never", image, capture=True)
+    try:
+        mount = pathlib.Path(_buildah("mount", container, capture=True))
+        return {str(p.relative_to(package)) for package in mount.glob("opt/python/lib/python3*/site-packages/kubetask")
+                for p in package.rglob("*.py")}
+    finally:
+        _buildah("rm", container, capture=True)
+
+
+def _check_packaged(image: str) -> None:
+    """Fail, naming the difference, unless ``image`` installs exactly the tree's modules."""
+    tree = {str(p.relative_to(ROOT / "operator" / "kubetask")) for p in (ROOT / "operator" / "kubetask").rglob("*.py")}
+    packaged = _packaged_modules(image)
+    if packaged != tree:
+        raise RuntimeError(
+            f"image {image} does not hold the tree's code: missing {sorted(tree - packaged)[:5]}, extra "
+            f"{sorted(packaged - tree)[:5]}; remove it (buildah --root {images_root() / 'storage'} rmi {image}) "
+            "and build again")
+
+
 def kubetask_image() -> str:
     base = python_image()
-    hasher = hashlib.sha256(base.encode())
+    hasher = hashlib.sha256(base.encode() + b"\0" + KUBETASK_RECIPE.encode())
     for file in _kubetask_inputs():
         hasher.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes() + b"\0")
     name = f"{REPOSITORY}/kubetask:0.1.0-{hasher.hexdigest()[:12]}"
     if not _exists(name):
         _log(f"buildah bud Dockerfile --build-arg PYTHON_IMAGE={base}")
         _buildah(
-            "bud", "--quiet", "--pull=never", "--layers", "--isolation", "chroot", "--network", "host",
+            # No --layers: buildah's layer cache keys the final stage's `RUN --mount=from=build` on the
+            # command alone, not on the mounted wheels, so it served an image of older code once. The
+            # name above already skips the build when no input changed.
+            "bud", "--quiet", "--pull=never", "--isolation", "chroot", "--network", "host",
             # The host's CA bundle, for the pip step only (the machine may reach PyPI through a TLS proxy).
             "-v", "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
             "--build-arg", f"PYTHON_IMAGE={base}", "-t", name, "-f", str(ROOT / "Dockerfile"), str(ROOT),
             cwd=ROOT,
         )
+        _check_packaged(name)
     return name
 
 
