@@ -257,6 +257,16 @@ async def cancel(conn: Conn, *uids: str) -> int:
     return int(row[0])
 
 
+async def cancel_or_tombstone(conn: Conn, uid: str, namespace: str, name: str, type: str) -> int:
+    """A Task deleted before it may have been admitted: cancel its row, or leave a cancelled one in its place.
+
+    Either way it never runs, in whichever order this and its admission reach the database.
+    """
+    row = await one(conn, QUERIES["cancel_or_tombstone"],
+                    {"uid": uid, "namespace": namespace, "name": name, "type": type})
+    return int(row[0])
+
+
 async def retry_dead(conn: Conn, uid: str, token: str | None = None) -> bool:
     """Requeue a dead-lettered (or succeeded) task now, with a fresh retry budget.
 

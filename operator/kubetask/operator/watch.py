@@ -22,10 +22,18 @@ async def on_task_event(rt: Runtime, event_type: str | None, raw: dict[str, Any]
     uid = meta.get("uid")
     if not uid:
         return
-    if event_type == "DELETED":
-        await rt.events_db.run(lambda conn: db.queue.cancel(conn, uid), "cancelling a deleted Task", patience=30)
-        return
     phase = (raw.get("status") or {}).get("phase")
+    if event_type == "DELETED":
+        if phase in (None, model.Phase.PENDING.value):
+            # It may still sit in the admission queue, or be in a batch being inserted: leave a tombstone.
+            kind = (raw.get("spec") or {}).get("type")
+            await rt.events_db.run(
+                lambda conn: db.queue.cancel_or_tombstone(conn, uid, meta["namespace"], meta["name"],
+                                                          kind if isinstance(kind, str) else ""),
+                "cancelling a deleted Task", patience=30)
+        else:
+            await rt.events_db.run(lambda conn: db.queue.cancel(conn, uid), "cancelling a deleted Task", patience=30)
+        return
     if phase in (None, model.Phase.PENDING.value):
         rt.admissions.put_nowait(raw)
         return

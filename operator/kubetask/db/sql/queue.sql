@@ -226,6 +226,42 @@ WITH cancelled AS (
 SELECT (SELECT count(*) FROM cancelled) AS tasks,
        (SELECT count(*) FROM notified_status) AS notified;
 
+-- name: cancel_or_tombstone
+-- A Task deleted while it could still be waiting for admission (the watch saw
+-- it with no phase, or Pending): cancel its row, or, when admission has not
+-- inserted one yet, insert it cancelled in its place. The uid's unique key
+-- orders the two statements, whichever comes first: the INSERT of admission
+-- then finds the tombstone and skips the uid (ON CONFLICT DO NOTHING), or this
+-- one finds the admitted row and cancels it. A tombstone needs no status
+-- patch (its object is gone), so it is born mirrored.
+WITH cancelled AS (
+    INSERT INTO kubetask_tasks AS t (
+        uid, namespace, name, type, state, finished_at, object_deleted_at, last_error,
+        mirrored_version, mirrored_state)
+    VALUES (%(uid)s::uuid, %(namespace)s, %(name)s, %(type)s, 'cancelled', now(), now(),
+            jsonb_build_object('type', 'Cancelled', 'attempt', 0,
+                               'message', 'the Task was deleted before it was admitted'),
+            1, 'cancelled')
+    ON CONFLICT (uid) DO UPDATE
+    SET state = 'cancelled',
+        finished_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        version = t.version + 1
+    WHERE t.state IN ('queued', 'running', 'retrying')
+    RETURNING t.id, t.attempts, (t.xmax = 0) AS tombstone
+), attempt AS (
+    UPDATE kubetask_attempts AS a
+    SET outcome = 'cancelled', finished_at = now(), error_type = 'Cancelled',
+        error_message = 'the Task was deleted while this attempt was running'
+    FROM cancelled AS c
+    WHERE a.task_id = c.id AND a.number = c.attempts AND a.outcome = 'running'
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM cancelled WHERE NOT tombstone)
+)
+SELECT (SELECT count(*) FROM cancelled) AS tasks,
+       (SELECT count(*) FROM notified_status) AS notified;
+
 -- name: retry_dead
 -- A fresh retry budget (budget_base = attempts); attempt numbers and history
 -- continue. The old result goes (it would contradict the new phase); the last
