@@ -36,6 +36,19 @@ T = TypeVar("T")
 
 POOL_LABEL = f"{model.GROUP}/pool"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+"""Accept header of a metadata-only LIST (what ``kubectl get -o name`` asks for)."""
+LIST_PAGE = 500
+"""Objects per LIST page."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRef:
+    """Which Task, without its spec or status."""
+
+    uid: str
+    namespace: str
+    name: str
 
 
 class NotFound(Exception):
@@ -100,16 +113,18 @@ class _AsyncHttp:
             headers["Authorization"] = token
         return headers
 
-    async def request(self, method: str, path: str, body: Any, content_type: str = "application/json") -> None:
+    async def request(self, method: str, path: str, body: Any, content_type: str = "application/json",
+                      accept: str = "application/json") -> bytes:
+        """The response body on success; NotFound, Conflict or ApiError otherwise."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.limit, ssl=self._ssl(), keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(total=60), skip_auto_headers=("User-Agent",),
                 headers={"User-Agent": "kubetask-operator"})
-        data = json.dumps(body, separators=(",", ":"))
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
         for fresh_token in (False, True):
             async with self._session.request(method, self.config.host + path, data=data,
-                                             headers=self._headers(content_type)) as resp:
+                                             headers={**self._headers(content_type), "Accept": accept}) as resp:
                 payload = await resp.read()  # the object as stored: read to keep the connection, not parsed
                 status = resp.status
             if status == 401 and not fresh_token:
@@ -117,7 +132,7 @@ class _AsyncHttp:
                 continue
             break
         if status < 300:
-            return
+            return payload
         reason = payload[:300].decode(errors="replace")
         if status == 404:
             raise NotFound(reason)
@@ -201,31 +216,38 @@ class Kube:
             body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
         )
 
-    async def task_uids(self, namespaces: Sequence[str] = ()) -> set[str]:
-        """uids of every Task in ``namespaces`` (all when empty), one page at a time.
+    async def task_refs(self, namespaces: Sequence[str] = ()) -> dict[str, TaskRef]:
+        """Every Task in ``namespaces`` (all when empty) by uid, metadata only, one page at a time.
 
-        Per namespace when the operator is namespaced: its Roles allow no cluster-wide list.
+        A PartialObjectMetadataList: the API server leaves out spec and status, so a sweep of many Tasks
+        with large payloads reads kilobytes per Task at most, not up to their ~1.5 MiB each. Per
+        namespace when the operator is namespaced: its Roles allow no cluster-wide list.
         """
-        uids: set[str] = set()
-        targets: list[str | None] = [*namespaces] if namespaces else [None]
-        for namespace in targets:
+        refs: dict[str, TaskRef] = {}
+        base = f"/apis/{model.GROUP}/{model.VERSION}"
+        for namespace in [*namespaces] if namespaces else [None]:
+            collection = (f"{base}/{model.PLURAL}" if namespace is None
+                          else f"{base}/namespaces/{_quote(namespace)}/{model.PLURAL}")
             cont: str | None = None
             while True:
-                kwargs: dict[str, Any] = {"limit": 2000}
-                if cont:
-                    kwargs["_continue"] = cont
-                if namespace is None:
-                    page = await self._call(self.custom.list_cluster_custom_object,
-                                            model.GROUP, model.VERSION, model.PLURAL, **kwargs)
-                else:
-                    page = await self._call(self.custom.list_namespaced_custom_object,
-                                            model.GROUP, model.VERSION, namespace, model.PLURAL, **kwargs)
-                assert isinstance(page, dict)
-                uids.update(item["metadata"]["uid"] for item in page["items"])
-                cont = page["metadata"].get("continue")
+                query = f"?limit={LIST_PAGE}" + (f"&continue={_quote(cont)}" if cont else "")
+                page = json.loads(await self._http.request("GET", collection + query, None, accept=METADATA_LIST))
+                for item in page.get("items") or ():
+                    meta = item["metadata"]
+                    refs[meta["uid"]] = TaskRef(meta["uid"], meta["namespace"], meta["name"])
+                cont = (page.get("metadata") or {}).get("continue")
                 if not cont:
                     break
-        return uids
+        return refs
+
+    async def task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Task's whole body as stored, or None when it is gone."""
+        path = f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{_quote(namespace)}/{model.PLURAL}/{_quote(name)}"
+        try:
+            body: dict[str, Any] = json.loads(await self._http.request("GET", path, None))
+        except NotFound:
+            return None
+        return body
 
     async def post_event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False,
                          kind: str = model.KIND, api_version: str = model.API_VERSION) -> None:

@@ -265,6 +265,11 @@ class OperatorSettings(_EnvSettings):
     """Seconds between sweeps that cancel tasks whose Task object was deleted while the operator was
     down (``KUBETASK_ORPHAN_SWEEP_SECONDS``). Default 60: one LIST of Tasks each time."""
 
+    refused_ttl_seconds: float = Field(default=3600.0, ge=0)
+    """Seconds a Task refused at admission (status reason ``InvalidSpec``) is kept before the operator
+    deletes it (``KUBETASK_REFUSED_TTL_SECONDS``), judged by the orphan sweep. Default 3600: time to
+    read why with ``kubectl describe``; a refused object (up to ~1.5 MiB) never fills etcd."""
+
     admission_events: bool = True
     """Post an ``Admitted`` Event on every Task (``KUBETASK_ADMISSION_EVENTS``). Default true; set false to
     save one API write per Task at high rates (Retrying and DeadLetter Events are always posted)."""

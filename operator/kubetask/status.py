@@ -139,6 +139,10 @@ def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
     }
 
 
+REFUSED = "InvalidSpec"
+"""``lastError.type`` of a Task refused at admission (the orphan sweep deletes those after a while)."""
+
+
 def rejected(reason: str, message: str, now: datetime.datetime) -> dict[str, Any]:
     """Status of a Task the operator refuses to admit (the CRD schema could not catch it)."""
     return {

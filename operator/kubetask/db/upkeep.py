@@ -117,6 +117,14 @@ async def missing_uids(conn: Conn, live: Collection[str], admitted_before: datet
     return [uid for (uid,) in await cursor.fetchall()]
 
 
+async def unrowed_uids(conn: Conn, uids: Collection[str]) -> set[str]:
+    """Those of ``uids`` that have no row."""
+    if not uids:
+        return set()
+    cursor = await conn.execute(QUERIES["unrowed_uids"], {"uids": list(uids)})
+    return {uid for (uid,) in await cursor.fetchall()}
+
+
 async def expired_ttl(conn: Conn, limit: int) -> list[tuple[str, str, str]]:
     """(uid, namespace, name) of finished, mirrored tasks whose object outlived ttlSecondsAfterFinished."""
     cursor = await conn.execute(QUERIES["expired_ttl"], {"limit": limit})

@@ -143,7 +143,7 @@ async def _refuse(rt: Runtime, raw: dict[str, Any], reason: str) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     try:
         await rt.kube.patch_task_status(meta["namespace"], meta["name"], meta["uid"],
-                                        status.rejected("InvalidSpec", reason, now))
+                                        status.rejected(status.REFUSED, reason, now))
         await rt.kube.post_event(meta["namespace"], meta["name"], meta["uid"], "Refused", reason, warning=True)
     except kube.NotFound:
         pass

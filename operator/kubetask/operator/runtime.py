@@ -30,6 +30,18 @@ class Pool:
 
 
 @dataclasses.dataclass
+class Unrowed:
+    """The orphan sweep's memory of Task objects PostgreSQL has no row for, between sweeps."""
+
+    suspects: set[str] = dataclasses.field(default_factory=set)
+    """Seen without a row by the last sweep: looked at if the next one sees them so too."""
+    settled: set[str] = dataclasses.field(default_factory=set)
+    """Finished objects whose row the history retention deleted: nothing to do, never fetched again."""
+    refused_until: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Refused Tasks, and when (``time.time``) their object is deleted."""
+
+
+@dataclasses.dataclass
 class Runtime:
     """Everything the services share."""
 
@@ -45,6 +57,7 @@ class Runtime:
     last_scale_pass: float = float("-inf")
     """When the scaler's last pass began (``time.monotonic``), for its minimum gap."""
     leading: bool = False
+    unrowed: Unrowed = dataclasses.field(default_factory=Unrowed)
     background: set[asyncio.Future[None]] = dataclasses.field(default_factory=set)
     """Fire-and-forget Event posts, held so they are not garbage-collected mid-flight."""
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)

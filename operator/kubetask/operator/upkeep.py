@@ -13,6 +13,12 @@ ttl        finished Tasks whose ``ttlSecondsAfterFinished`` ran out (once their
            final status was mirrored) are deleted; the history stays.
 orphans    rows whose Task object was deleted while the operator was away are
            cancelled: only rows admitted before the LIST began are judged by it.
+           The other way round, Task objects with no row seen by two sweeps in
+           a row are looked at one by one: a Pending one is admitted (its watch
+           event went missing), one whose status says it was admitted is
+           admitted again, visibly (the database lost its data), a refused one
+           is deleted after ``refused_ttl_seconds``, a finished one whose
+           history retention deleted is left alone. The LIST is metadata only.
 retention  finished history older than the retention settings is deleted in
            bounded batches, oldest first. A Task object whose row goes keeps its
            status and is never admitted again (only Pending Tasks are).
@@ -25,7 +31,7 @@ import logging
 import random
 import time
 
-from kubetask import db, kube, logs, retry, states
+from kubetask import db, kube, logs, model, retry, states, status
 from kubetask.operator.runtime import Runtime
 
 log = logging.getLogger("kubetask.operator")
@@ -36,6 +42,9 @@ TTL_BATCH = 500
 """TTL deletions per pass."""
 ORPHAN_MARGIN = datetime.timedelta(seconds=5)
 """Rows admitted this close to the orphan sweep's LIST are left for the next sweep."""
+UNROWED_BATCH = 200
+"""Task objects without a row fetched per sweep; more wait for the next sweeps."""
+ADMITTED_PHASES = (model.Phase.QUEUED.value, model.Phase.RUNNING.value, model.Phase.RETRYING.value)
 
 
 def decide_rescue(lease: db.upkeep.ExpiredLease, rng: random.Random) -> db.upkeep.Rescue:
@@ -86,12 +95,58 @@ async def orphans_once(rt: Runtime, conn: db.connection.Conn) -> bool:
     # Only rows admitted before the list began can be judged by it, on the database's clock (the rows'
     # own), with a margin for an API server whose watch cache serves the list a little behind.
     listed_at = await db.upkeep.clock(conn) - ORPHAN_MARGIN
-    live = await rt.kube.task_uids(rt.config.namespaces)
-    missing = await db.upkeep.missing_uids(conn, live, admitted_before=listed_at, namespaces=rt.config.namespaces)
+    live = await rt.kube.task_refs(rt.config.namespaces)
+    missing = await db.upkeep.missing_uids(conn, live.keys(), admitted_before=listed_at,
+                                           namespaces=rt.config.namespaces)
     cancelled = await db.queue.cancel(conn, *missing)
     if cancelled:
         log.info("cancelled %d task(s) whose Task object was deleted while the operator was away", cancelled)
+    await _unrowed(rt, conn, live)
     return False
+
+
+async def _unrowed(rt: Runtime, conn: db.connection.Conn, live: dict[str, kube.TaskRef]) -> None:
+    """Task objects PostgreSQL has no row for, seen so by this sweep and the one before: act on each."""
+    memory = rt.unrowed
+    memory.settled &= live.keys()
+    memory.refused_until = {uid: at for uid, at in memory.refused_until.items() if uid in live}
+    unrowed = await db.upkeep.unrowed_uids(conn, live.keys() - memory.settled)
+    now = time.time()
+    due = [uid for uid in unrowed if uid in memory.suspects and memory.refused_until.get(uid, 0.0) <= now]
+    memory.suspects = unrowed
+    for uid in due[:UNROWED_BATCH]:
+        ref = live[uid]
+        body = await rt.kube.task(ref.namespace, ref.name)
+        if body is None or body["metadata"]["uid"] != uid:
+            continue
+        seen = body.get("status") or {}
+        phase = seen.get("phase")
+        about = logs.about(ref.namespace, ref.name, uid)
+        if phase in (None, model.Phase.PENDING.value):
+            rt.admissions.put_nowait(body)
+        elif phase in ADMITTED_PHASES:
+            message = (f"PostgreSQL has no row for this Task although its status says {phase}: the database "
+                       "lost its data (restored from a backup, failed over without it, or a bundled PostgreSQL "
+                       "restarted without its volume); admitted again, it runs from its first attempt")
+            log.warning("Task %s/%s: %s", ref.namespace, ref.name, message, extra=about)
+            rt.in_background(rt.kube.post_event(ref.namespace, ref.name, uid, "Readmitted", message, warning=True))
+            rt.admissions.put_nowait(body)
+        elif (seen.get("lastError") or {}).get("type") == status.REFUSED:
+            finished = seen.get("finishedAt")
+            refused_at = (datetime.datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
+                          if isinstance(finished, str) else now)
+            deadline = refused_at + rt.config.refused_ttl_seconds
+            if deadline > now:
+                memory.refused_until[uid] = deadline
+                continue
+            try:
+                await rt.kube.delete_task(ref.namespace, ref.name, uid)
+            except (kube.NotFound, kube.Conflict):
+                continue
+            log.info("Task %s/%s deleted: it was refused at admission %.0f s ago (KUBETASK_REFUSED_TTL_SECONDS)",
+                     ref.namespace, ref.name, now - refused_at, extra=about)
+        else:
+            memory.settled.add(uid)  # finished; the history retention deleted its row
 
 
 async def retention_once(rt: Runtime, conn: db.connection.Conn) -> bool:

@@ -6,10 +6,13 @@ the loops would make rare is made certain here.
 
 from __future__ import annotations
 
-from conftest import create_task
+import asyncio
+import datetime
 
-from kubetask import db, states
-from kubetask.operator import admission, watch
+from conftest import create_task, events_of, get_task
+
+from kubetask import db, states, status
+from kubetask.operator import admission, upkeep, watch
 from kubetask.operator.runtime import Runtime
 
 
@@ -35,3 +38,58 @@ async def test_deleting_a_task_refused_at_admission_leaves_no_row(
     body["status"] = {"phase": "DeadLetter", "reason": "InvalidSpec"}
     await watch.on_task_event(runtime, "DELETED", body)
     assert await db.reads.get_task(conn, body["metadata"]["uid"]) is None
+
+
+def _served(runtime: Runtime, namespace: str) -> Runtime:
+    runtime.config = runtime.config.model_copy(update={"namespaces": [namespace]})
+    return runtime
+
+
+async def _sweep_twice(runtime: Runtime, conn: db.connection.Conn) -> None:
+    """Two sweeps: an object without a row is acted on only when the sweep before saw it so too."""
+    await upkeep.orphans_once(runtime, conn)
+    await upkeep.orphans_once(runtime, conn)
+
+
+async def test_a_task_whose_row_the_database_lost_is_admitted_again_visibly(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
+    """A bundled PostgreSQL restarted on an emptyDir: the Task said Queued for ever, and never ran."""
+    rt = _served(runtime, namespace)
+    body = await create_task(rt, namespace, "lost-row")
+    uid = body["metadata"]["uid"]
+    await rt.kube.patch_task_status(namespace, "lost-row", uid, {"phase": "Queued", "attempts": 0})
+    await upkeep.orphans_once(rt, conn)
+    assert rt.admissions.empty(), "one sweep is not enough: admission may be about to insert it"
+    await upkeep.orphans_once(rt, conn)
+    await admission.run_once(rt, conn)
+    row = await db.reads.get_task(conn, uid)
+    assert row is not None and row.state == states.TaskState.QUEUED
+    await asyncio.gather(*rt.background)
+    [event] = [e for e in await events_of(rt, namespace, "lost-row") if e["reason"] == "Readmitted"]
+    assert "lost its data" in event["message"] and event["type"] == "Warning"
+
+
+async def test_a_refused_task_is_deleted_after_the_refused_ttl_and_a_recent_one_kept(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
+    """A refused object (up to ~1.5 MiB in etcd) used to stay for ever: 1,400 of them fill etcd's quota."""
+    rt = _served(runtime, namespace)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for name, age in (("refused-old", 2 * rt.config.refused_ttl_seconds), ("refused-new", 1.0)):
+        body = await create_task(rt, namespace, name)
+        await rt.kube.patch_task_status(namespace, name, body["metadata"]["uid"], status.rejected(
+            status.REFUSED, "spec.payload is too large", now - datetime.timedelta(seconds=age)))
+    await _sweep_twice(rt, conn)
+    assert await get_task(rt, namespace, "refused-old") is None
+    assert await get_task(rt, namespace, "refused-new") is not None
+    assert await db.reads.get_task(conn, body["metadata"]["uid"]) is None  # refusing never wrote a row
+
+
+async def test_a_finished_task_whose_history_was_deleted_is_left_alone_and_fetched_once(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
+    rt = _served(runtime, namespace)
+    body = await create_task(rt, namespace, "done")
+    await rt.kube.patch_task_status(namespace, "done", body["metadata"]["uid"], {"phase": "Succeeded"})
+    await _sweep_twice(rt, conn)
+    assert rt.admissions.empty() and await db.reads.get_task(conn, body["metadata"]["uid"]) is None
+    assert body["metadata"]["uid"] in rt.unrowed.settled  # the next sweeps do not fetch it again
+    assert await get_task(rt, namespace, "done") is not None

@@ -68,6 +68,14 @@ WHERE state IN ('queued', 'running', 'retrying') AND created_at < %(admitted_bef
   AND (cardinality(%(namespaces)s::text[]) = 0 OR namespace = ANY(%(namespaces)s::text[]))
   AND uid <> ALL(%(live)s::uuid[]);
 
+-- name: unrowed_uids
+-- The other direction: which of the listed Task uids have no row at all (not
+-- yet admitted, refused, their history deleted by retention, or lost with the
+-- database's data). The operator looks closer only at those.
+SELECT u::text AS uid
+FROM unnest(%(uids)s::uuid[]) AS u
+WHERE NOT EXISTS (SELECT FROM kubetask_tasks WHERE uid = u);
+
 -- name: clock
 -- The database's clock: every time a sweep compares with row times is read
 -- from it, so an operator whose clock is off judges nothing wrongly.
