@@ -37,6 +37,7 @@ when a line is actually written.
 from __future__ import annotations
 
 import contextvars
+import re
 import datetime
 import json
 import logging
@@ -138,23 +139,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document, default=str)
 
 
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_LINES = re.compile("[\n\r\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r"}.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100
+                                                     else f"\\u{ord(char):04x}")
+
+
+def printable(text: str, lines: bool = False) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences), and bidirectional overrides
+    escaped as ``\\xNN``/``\\uNNNN``, and newlines too unless ``lines``. For tenant text (Task names,
+    error messages) in the CLI's tables and text logs, so a Task cannot forge log lines or restyle a
+    terminal."""
+    return (_UNSAFE if lines else _UNSAFE_LINES).sub(_escape, text)
+
+
 class TextFormatter(logging.Formatter):
     """``2026-11-22T14:04:08.412Z INFO    kubetask.worker: message  [default/hello #1]``."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = (f"{rfc3339(record.created)} {record.levelname:<7} {record.name}: "
-                f"{record.getMessage()}")
+                f"{printable(record.getMessage())}")
         context = _context(record)
         if context is not None:
             fields = context[1]
-            where = "/".join(str(fields[k]) for k in ("namespace", "name") if fields.get(k))
+            where = printable("/".join(str(fields[k]) for k in ("namespace", "name") if fields.get(k)))
             if "attempt" in fields:
                 where += f" #{fields['attempt']}"
             line += f"  [{where}]"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + printable(self.formatException(record.exc_info), lines=True)
         elif record.exc_text:
-            line += "\n" + record.exc_text
+            line += "\n" + printable(record.exc_text, lines=True)
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
         return line

@@ -118,3 +118,19 @@ def test_a_bad_log_format_names_the_variable() -> None:
 
 def test_a_line_about_an_attempt_logged_outside_it_names_the_attempt() -> None:
     assert as_json(record(**logs.attempt(Claimed())))["task"]["attempt"] == 2
+
+
+def test_tenant_text_cannot_forge_a_text_log_line_or_restyle_the_terminal() -> None:
+    """A Task named or failing with escape sequences and newlines (issue 20): escaped, one record one line."""
+    record = logging.LogRecord("kubetask.worker", logging.WARNING, __file__, 1,
+                               "task failed: %s", ("boom\n2026-01-01T00:00:00Z INFO forged\x1b[2J\u202e",), None)
+    line = logs.TextFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
+    assert line.endswith("boom\\n2026-01-01T00:00:00Z INFO forged\\x1b[2J\\u202e")
+
+
+def test_the_cli_table_escapes_what_a_tenant_wrote() -> None:
+    from kubetask.cli import terminal
+
+    rendered = terminal.table(["NAME", "LAST ERROR"], [["t", "E: \x1b]0;owned\x07 line\nnext"]])
+    assert len(rendered.splitlines()) == 2 and "\x1b" not in rendered and "\x07" not in rendered

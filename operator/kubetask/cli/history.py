@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any, Callable
 
+from kubetask import logs
 from kubetask.cli import terminal, tasks
 
 
@@ -39,8 +40,8 @@ def history(args: argparse.Namespace) -> int:
         raise terminal.CliError(f"no history for Task {tasks.namespace_of(args)}/{args.name} in PostgreSQL", terminal.EXIT_NOT_FOUND)
 
     def render() -> str:
-        head = (f"Task {task.namespace}/{task.name} uid={task.uid} type={task.type} queue={task.queue} "
-                f"state={task.state} attempts={task.attempts}")
+        head = logs.printable(f"Task {task.namespace}/{task.name} uid={task.uid} type={task.type} "
+                              f"queue={task.queue} state={task.state} attempts={task.attempts}")
         rows = []
         for a in attempts:
             took = f"{(a.finished_at - a.started_at).total_seconds():.3f}s" if a.finished_at else "running"

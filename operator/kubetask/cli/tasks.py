@@ -9,6 +9,7 @@ import pathlib
 import sys
 from typing import Any
 
+from kubetask import logs
 from kubetask.cli import terminal
 
 
@@ -40,7 +41,7 @@ def _progress(status: dict[str, Any]) -> None:
     phase, attempts = status.get("phase", "Pending"), status.get("attempts", 0)
     extra = ""
     if status.get("lastError") and phase in ("Retrying", "DeadLetter"):
-        extra = f" — {status['lastError']['type']}: {status['lastError']['message'][:120]}"
+        extra = logs.printable(f" — {status['lastError']['type']}: {status['lastError']['message'][:120]}")
     if phase == "Retrying" and status.get("nextAttemptAt"):
         extra += f" (next attempt at {status['nextAttemptAt']})"
     print(f"{datetime.datetime.now().strftime('%H:%M:%S')}  {phase:<10} attempts={attempts}{extra}",
