@@ -223,6 +223,10 @@ class OperatorMetrics:
             "kubetask_lease_expiries", "Attempts recorded lost because their worker stopped renewing the "
             "lease, by what became of the task: retrying or dead_letter.", ["queue", "outcome"],
             registry=self.registry)
+        self.status_refused = prometheus_client.Counter(
+            "kubetask_status_refused", "Task statuses the API server refused for good (403, 422, any 4xx but "
+            "404, 408, 409 and 429), by HTTP code: given up, the Task's row keeps the truth.", ["code"],
+            registry=self.registry)
         self.database: DatabaseFacts | None = None
         self.refreshed_at: float | None = None
         """Monotonic time of the last refresh of ``database``."""

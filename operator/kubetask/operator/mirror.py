@@ -5,7 +5,9 @@ status with the row's latest state (a burst of changes becomes one write),
 posts the Events of the transition (admitted, retrying, dead letter) and
 marks what it wrote. A status that cannot be written now (the API server
 away) stays in the outbox for the next pass; a Task that is gone has nothing
-left to mirror. Leader only.
+left to mirror; a status refused for good (403, 422) is given up, counted in
+``kubetask_status_refused_total`` and logged, so it cannot stall the outbox.
+Leader only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
                 await rt.kube.patch_task_status(row.namespace, row.name, row.uid, status.build(row, missing))
             except (kube.NotFound, kube.Conflict):
                 return (row.id, row.version, row.state)  # the Task is gone: nothing left to mirror
+            except kube.ApiError as err:
+                if not refused_for_good(err.status):
+                    log.warning("status of %s/%s: %s", row.namespace, row.name, err,
+                                extra=logs.about(row.namespace, row.name, row.uid))
+                    return None
+                # Retrying cannot help (RBAC, the schema): give this version up, or it is retried every
+                # pass for ever, holds back TTL and retention, and enough of them fill every batch.
+                rt.meters.status_refused.labels(str(err.status)).inc()
+                log.error("status of %s/%s refused by the API server (%s); given up for this change, the "
+                          "row in PostgreSQL (kubetask history) keeps the truth. A 403 means the operator's "
+                          "RBAC lacks patch on tasks/status in this namespace", row.namespace, row.name, err,
+                          extra=logs.about(row.namespace, row.name, row.uid))
+                return (row.id, row.version, row.state)
             except Exception as err:
                 log.warning("status of %s/%s: %s", row.namespace, row.name, err,
                             extra=logs.about(row.namespace, row.name, row.uid))
@@ -45,6 +60,11 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
     if done:
         await db.outbox.mark_mirrored(conn, done)
     return len(done) == len(rows) == rt.config.mirror_batch_size
+
+
+def refused_for_good(code: int) -> bool:
+    """A 4xx a retry cannot cure: not gone (404), conflicting (409), timed out (408) or throttled (429)."""
+    return 400 <= code < 500 and code not in (404, 408, 409, 429)
 
 
 async def _post_transition_events(rt: Runtime, row: db.outbox.StatusRow) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import pathlib
 
 from conftest import create_task, events_of, get_task
+from kubetask_dev import controlplane
 
-from kubetask import db, states, status
-from kubetask.operator import admission, upkeep, watch
+from kubetask import db, kube, states, status
+from kubetask.operator import admission, mirror, upkeep, watch
 from kubetask.operator.runtime import Runtime
 
 
@@ -93,3 +95,24 @@ async def test_a_finished_task_whose_history_was_deleted_is_left_alone_and_fetch
     assert rt.admissions.empty() and await db.reads.get_task(conn, body["metadata"]["uid"]) is None
     assert body["metadata"]["uid"] in rt.unrowed.settled  # the next sweeps do not fetch it again
     assert await get_task(rt, namespace, "done") is not None
+
+
+async def test_a_status_the_api_server_refuses_for_good_is_given_up_counted_and_does_not_stall_the_mirror(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str, crd_plane: controlplane.ControlPlane,
+        tmp_path: pathlib.Path) -> None:
+    """A 403 (RBAC) or 422 (schema) was retried every second for ever, and blocked TTL and retention."""
+    body = await create_task(runtime, namespace, "forbidden")
+    task = admission.admissible(body)
+    assert isinstance(task, db.queue.NewTask)
+    await db.queue.admit(conn, [task])
+    crd_plane.kubectl("create", "serviceaccount", "no-status", "-n", namespace)
+    token = crd_plane.kubectl("create", "token", "no-status", "-n", namespace).stdout.strip()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(controlplane.kubeconfig_text(crd_plane.server, crd_plane.ca_file, token))
+    forbidden = Runtime(config=runtime.config, kube=kube.Kube(kubeconfig=str(kubeconfig)))
+    try:
+        assert not await mirror.run_once(forbidden, conn)
+        assert await db.outbox.pending_status(conn, 10) == [], "given up: the next pass does not retry it"
+        assert forbidden.meters.status_refused.labels("403")._value.get() == 1
+    finally:
+        await forbidden.close()
