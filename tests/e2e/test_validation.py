@@ -54,6 +54,7 @@ CASES = [
     ("unknown field", _with(retries=3), 'unknown field "spec.retries"'),
     ("backoff factor below 1", _with(backoff={"factor": 0.5}), "spec.backoff.factor"),
     ("backoff negative", _with(backoff={"initialSeconds": -1}), "spec.backoff.initialSeconds"),
+    ("backoff below its 0.1 s floor", _with(backoff={"initialSeconds": 0}), "spec.backoff.initialSeconds"),
     ("backoff jitter above 1", _with(backoff={"jitter": 2}), "spec.backoff.jitter"),
     ("backoff unknown field", _with(backoff={"base": 2}), 'unknown field "spec.backoff.base"'),
     ("runAt not RFC 3339", _with(runAt="tomorrow"), "spec.runAt"),

@@ -69,3 +69,10 @@ def test_large_result_and_error_are_capped() -> None:
 def test_history_keeps_the_last_ten() -> None:
     built = status.build(Row("dead_letter", history=[Attempt(n, "failed") for n in range(1, 16)]))
     assert [h["number"] for h in built["history"]] == list(range(6, 16))
+
+
+def test_retrying_events_are_thinned_to_powers_of_two() -> None:
+    """Write amplification (issue 20): maxRetries 100 used to post 100 Retrying Events per Task."""
+    from kubetask.operator import mirror
+
+    assert [n for n in range(1, 101) if mirror.thinned_in(n)] == [1, 2, 4, 8, 16, 32, 64]

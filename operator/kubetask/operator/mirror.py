@@ -62,6 +62,14 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
     return len(done) == len(rows) == rt.config.mirror_batch_size
 
 
+def thinned_in(attempt: object) -> bool:
+    """Whether a Retrying Event is posted for failed attempt ``attempt``: the 1st, 2nd, 4th, 8th…
+
+    Events are the API server's (and etcd's) to keep; a Task with maxRetries 100 posts 7 of them, not
+    100, and the status always says the latest attempt and error."""
+    return not isinstance(attempt, int) or attempt < 1 or attempt & (attempt - 1) == 0
+
+
 def refused_for_good(code: int) -> bool:
     """A 4xx a retry cannot cure: not gone (404), conflicting (409), timed out (408) or throttled (429)."""
     return 400 <= code < 500 and code not in (404, 408, 409, 429)
@@ -74,7 +82,7 @@ async def _post_transition_events(rt: Runtime, row: db.outbox.StatusRow) -> None
     try:
         if before is None and rt.config.admission_events:
             await rt.kube.post_event(ns, name, uid, "Admitted", f"queued on {row.queue!r}")
-        if after == states.TaskState.RETRYING:
+        if after == states.TaskState.RETRYING and thinned_in(err.get("attempt")):
             await rt.kube.post_event(
                 ns, name, uid, "Retrying",
                 f"attempt {err.get('attempt')} failed with {err.get('type')}: {err.get('message', '')}; "
