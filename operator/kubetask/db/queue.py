@@ -33,6 +33,9 @@ from kubetask.db.connection import Conn, one
 
 QUERIES = sql.load("queue")
 
+MAX_ATTEMPTS = 1_000
+"""Attempts a task may make in all, over every retry from the dead letter (each grants up to 101): the
+retry annotation, set in a loop, would otherwise run a failing task without end."""
 MAX_ERROR_MESSAGE_CHARS = 4_000
 """Error messages are cut to this: they land in the Task status (etcd)."""
 
@@ -274,5 +277,5 @@ async def retry_dead(conn: Conn, uid: str, token: str | None = None) -> bool:
     token already acted on changes nothing, so a watch event delivered twice
     does not run the task twice. None: always requeue.
     """
-    row = await one(conn, QUERIES["retry_dead"], {"uid": uid, "token": token})
+    row = await one(conn, QUERIES["retry_dead"], {"uid": uid, "token": token, "max_attempts": MAX_ATTEMPTS})
     return bool(row[0] == 1)

@@ -45,7 +45,14 @@ async def on_task_event(rt: Runtime, event_type: str | None, raw: dict[str, Any]
         if revived:
             log.info("Task %s/%s re-queued by %s=%s", namespace, name, model.RETRY_ANNOTATION, token,
                      extra=logs.about(namespace, name, uid))
-        elif await rt.events_db.run(lambda conn: db.reads.get_task(conn, uid), "reading a Task", patience=30) is None:
+            return
+        row = await rt.events_db.run(lambda conn: db.reads.get_task(conn, uid), "reading a Task", patience=30)
+        if row is not None and row.attempts >= db.queue.MAX_ATTEMPTS:
+            message = (f"not retried: it has made {row.attempts} attempts in all, the cap of {db.queue.MAX_ATTEMPTS} "
+                       "over every retry from the dead letter; fix what fails, then delete and re-create the Task")
+            log.warning("Task %s/%s %s", namespace, name, message, extra=logs.about(namespace, name, uid))
+            rt.in_background(rt.kube.post_event(namespace, name, uid, "RetryRefused", message, warning=True))
+        elif row is None:
             log.warning("Task %s/%s cannot be retried: PostgreSQL has no row for it (its history was deleted by "
                         "the history retention, or the Task was refused at admission); delete and re-create "
                         "the Task to run it again", namespace, name, extra=logs.about(namespace, name, uid))

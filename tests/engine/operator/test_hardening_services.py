@@ -13,7 +13,7 @@ import pathlib
 from conftest import create_task, events_of, get_task
 from kubetask_dev import controlplane
 
-from kubetask import db, kube, states, status
+from kubetask import db, kube, model, states, status
 from kubetask.operator import admission, mirror, upkeep, watch
 from kubetask.operator.runtime import Runtime
 
@@ -116,3 +116,25 @@ async def test_a_status_the_api_server_refuses_for_good_is_given_up_counted_and_
         assert forbidden.meters.status_refused.labels("403")._value.get() == 1
     finally:
         await forbidden.close()
+
+
+async def test_retries_from_the_dead_letter_stop_at_the_attempt_cap(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
+    """The retry annotation set in a loop ran a failing Task without end, 101 attempts per retry."""
+    body = await create_task(runtime, namespace, "hopeless", maxRetries=0)
+    task = admission.admissible(body)
+    assert isinstance(task, db.queue.NewTask)
+    await db.queue.admit(conn, [task])
+    [claimed] = await db.queue.claim(conn, task.queue, "pod-1/aaaa", "pod-1", 1, 30)
+    await db.queue.fail(conn, claimed.id, "pod-1/aaaa", claimed.attempt, error_type="E", message="m",
+                        traceback=None, retry_at=None)
+    await conn.execute("UPDATE kubetask_tasks SET attempts = %s, budget_base = %s WHERE uid = %s",
+                       [db.queue.MAX_ATTEMPTS, db.queue.MAX_ATTEMPTS, task.uid])
+    body["metadata"]["annotations"] = {model.RETRY_ANNOTATION: "again"}
+    body["status"] = {"phase": "DeadLetter"}
+    await watch.on_task_event(runtime, "MODIFIED", body)
+    row = await db.reads.get_task(conn, task.uid)
+    assert row is not None and row.state == states.TaskState.DEAD_LETTER
+    await asyncio.gather(*runtime.background)
+    [event] = [e for e in await events_of(runtime, namespace, "hopeless") if e["reason"] == "RetryRefused"]
+    assert f"the cap of {db.queue.MAX_ATTEMPTS}" in event["message"]

@@ -266,7 +266,8 @@ SELECT (SELECT count(*) FROM cancelled) AS tasks,
 -- A fresh retry budget (budget_base = attempts); attempt numbers and history
 -- continue. The old result goes (it would contradict the new phase); the last
 -- error stays as the reason for the retry until a new attempt replaces it.
--- A token already acted on changes nothing.
+-- A token already acted on changes nothing; a task that has made
+-- %(max_attempts)s attempts in all is not retried again.
 WITH requeued AS (
     UPDATE kubetask_tasks
     SET state = 'queued',
@@ -279,6 +280,7 @@ WITH requeued AS (
     WHERE uid = %(uid)s::uuid AND state IN ('dead_letter', 'succeeded')
       AND (%(token)s::text IS NULL OR retry_token IS DISTINCT FROM %(token)s::text)
       AND object_deleted_at IS NULL
+      AND attempts < %(max_attempts)s
     RETURNING queue
 ), notified_queue AS (
     SELECT pg_notify('kubetask_queue', queue) FROM requeued
