@@ -299,7 +299,7 @@ class OperatorSettings(_EnvSettings):
     @property
     def pool_scope(self) -> list[str]:
         """Namespaces whose pools are discovered: ``pool_namespaces``, else ``namespaces``; empty = all."""
-        return self.pool_namespaces or self.namespaces
+        return list(dict.fromkeys(self.pool_namespaces or self.namespaces))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:

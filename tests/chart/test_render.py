@@ -43,8 +43,8 @@ def test_helm_lint_strict_passes(values: tuple[str, ...]) -> None:
 def test_renders_with_the_defaults_plus_a_database() -> None:
     """The defaults need one value (where the database URL lives); with it, everything renders."""
     kinds = sorted({obj["kind"] for obj in render(*DB)})
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service",
-                     "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Role",
+                     "RoleBinding", "Service", "ServiceAccount"]
 
 
 @pytest.mark.parametrize(("setting", "key"), [
@@ -272,38 +272,69 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
             for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
 
 
-#: What the operator may do in each namespace it serves: nothing on Secrets, no pod deletes.
-OPERATOR_RULES = {
-    ("kubetask.io", "tasks"): {"get", "list", "watch", "patch", "delete"},
-    ("kubetask.io", "tasks/status"): {"patch", "update"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("apps", "deployments"): {"get", "list", "watch"},
-    ("apps", "deployments/scale"): {"get", "patch", "update"},
-    ("", "pods"): {"get", "list", "patch"},
+#: What the operator may do with Tasks, wherever it serves them: no patch of a Task itself, only its status.
+TASK_RULES = {
+    ("kubetask.io", "tasks"): {"get", "list", "watch", "delete"},
+    ("kubetask.io", "tasks/status"): {"patch"},
+    ("", "events"): {"create"},
 }
+#: What it may do with worker pools, in the pool namespaces only: scale (not edit) Deployments, annotate pods.
+POOL_RULES = {
+    ("apps", "deployments"): {"list", "watch"},
+    ("apps", "deployments/scale"): {"patch"},
+    ("", "pods"): {"list", "patch"},
+    ("", "events"): {"create"},
+}
+CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
+
+
+def _roles(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[tuple[str, str], set[str]]]:
+    """Rules of every Role, by (namespace, name)."""
+    return {(role["metadata"]["namespace"], role["metadata"]["name"]): _rules(role) for role in of_kind(objects, "Role")}
+
+
+def _bound(objects: list[dict[str, Any]]) -> None:
+    """Every Role and ClusterRole is bound to the operator's ServiceAccount, and to nothing else."""
+    roles = {(r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"])
+             for r in of_kind(objects, "Role") + of_kind(objects, "ClusterRole")}
+    bindings = {("Role" if b["kind"] == "RoleBinding" else "ClusterRole", b["metadata"].get("namespace"),
+                 b["roleRef"]["name"]) for b in of_kind(objects, "RoleBinding") + of_kind(objects, "ClusterRoleBinding")}
+    assert roles == bindings
+    for binding in of_kind(objects, "RoleBinding") + of_kind(objects, "ClusterRoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetask-operator",
+                                        "namespace": "kt"}], binding["metadata"]["name"]
 
 
 def test_cluster_wide_operator_rbac_is_least_privilege() -> None:
-    objects = render(*DB)
+    """Cluster-wide: only what Tasks need; scaling Deployments and patching pods only in the release namespace."""
+    objects = render(*DB, namespace="kt")
     (role,) = of_kind(objects, "ClusterRole")
-    assert of_kind(objects, "Role") == []
-    assert _rules(role) == {
-        **OPERATOR_RULES, ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-    (binding,) = of_kind(objects, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetask-operator",
-                                    "namespace": "kubetask-system"}]
+    assert _rules(role) == {**TASK_RULES, CRDS: {"get", "list", "watch"}}
+    assert _roles(objects) == {("kt", "kubetask-operator-pools"): POOL_RULES}
+    _bound(objects)
+    env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["KUBETASK_POOL_NAMESPACES"]["value"] == "$(POD_NAMESPACE)", "pools discovered only where it may scale"
 
 
 def test_namespaced_operator_gets_a_role_per_namespace() -> None:
     objects = render(*DB, "--set", "operator.namespaces={team-a}", namespace="kt")
-    roles = {role["metadata"]["namespace"]: role for role in of_kind(objects, "Role")}
-    assert sorted(roles) == ["kt", "team-a"]
-    for role in roles.values():
-        assert _rules(role) == OPERATOR_RULES
+    assert _roles(objects) == {("kt", "kubetask-operator"): TASK_RULES, ("team-a", "kubetask-operator"): TASK_RULES,
+                               ("kt", "kubetask-operator-pools"): POOL_RULES}
     (cluster_role,) = of_kind(objects, "ClusterRole")
-    assert set(_rules(cluster_role)) == {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    assert set(_rules(cluster_role)) == {CRDS, ("", "namespaces")}
     assert all(verbs <= {"get", "list", "watch"} for verbs in _rules(cluster_role).values())
+    _bound(objects)
+
+
+def test_pool_namespaces_get_a_pool_role_each_and_are_the_operators_pool_scope() -> None:
+    objects = render(*DB, "--set", "operator.poolNamespaces={batch,kt}", namespace="kt")
+    assert _roles(objects) == {("kt", "kubetask-operator-pools"): POOL_RULES,
+                               ("batch", "kubetask-operator-pools"): POOL_RULES}
+    _bound(objects)
+    env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert env["KUBETASK_POOL_NAMESPACES"]["value"] == "$(POD_NAMESPACE),batch"
+    assert "poolNamespaces/0': 'Batch!' does not match" in render_error(*DB, "--set", "operator.poolNamespaces={Batch!}")
 
 
 @pytest.mark.parametrize("values", [DB, ("--set", "operator.namespaces={a}", *DB), BUNDLED])

@@ -98,6 +98,14 @@ namespace is always part of a list: the worker pools live there.
 {{- end -}}
 {{- end -}}
 
+{{/*
+Namespaces whose worker pools the operator discovers and scales (KUBETASK_POOL_NAMESPACES, and the
+pool Roles): the release namespace, where the chart's pools live, then operator.poolNamespaces.
+*/}}
+{{- define "kubetask.poolNamespaces" -}}
+{{- uniq (prepend (deepCopy .Values.operator.poolNamespaces) .Release.Namespace) | join "," -}}
+{{- end -}}
+
 {{/* Pod-level security context: non-root, fixed uid/gid, RuntimeDefault seccomp. */}}
 {{- define "kubetask.podSecurityContext" -}}
 runAsNonRoot: true
