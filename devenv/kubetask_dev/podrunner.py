@@ -167,6 +167,9 @@ class Runner:
         env = {
             "PATH": f"{self.venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(workdir), "PYTHONUNBUFFERED": "1", "TMPDIR": str(workdir),
+            # A checkout run with its tree first on the path (a git worktree sharing a venv) runs its own
+            # kubetask in the pods too, not the one the venv was installed from.
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
             **self.environment(pod, container), **self.credentials(pod, workdir),
         }
         executable = shutil.which(command[0], path=env["PATH"])

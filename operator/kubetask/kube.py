@@ -1,6 +1,9 @@
 """Every call the operator makes to the Kubernetes API, in one place.
 
-kopf watches; this module writes. The hot writes, one or two per Task (the
+kopf watches the Tasks; this module writes, and follows the worker-pool
+Deployments itself: a label-selected LIST and WATCH in each pool namespace
+only, where kopf would watch every Deployment of the cluster (needing
+cluster-wide RBAC on Deployments, and holding them all in memory). The hot writes, one or two per Task (the
 status patch and the Event), go over aiohttp (which kopf ships) on the event
 loop, with keep-alive connections: a request costs a fraction of the CPU of
 the generated ``kubernetes`` client in a thread, which was the ceiling of the
@@ -25,6 +28,7 @@ import ssl
 import time
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Callable, Sequence, TypeVar
 
 import aiohttp
@@ -49,6 +53,9 @@ class TaskRef:
     uid: str
     namespace: str
     name: str
+WATCH_SECONDS = 300
+"""How long the server keeps one watch open before the operator resumes it from its last version:
+the API server's own default range, so an idle watch is renewed, not left to a proxy's timeout."""
 
 
 class NotFound(Exception):
@@ -57,6 +64,10 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     """A precondition failed (the object was replaced by another with the same name)."""
+
+
+class Expired(Exception):
+    """A watch's resourceVersion is too old (410 Gone): list again."""
 
 
 class ApiError(Exception):
@@ -113,18 +124,22 @@ class _AsyncHttp:
             headers["Authorization"] = token
         return headers
 
-    async def request(self, method: str, path: str, body: Any, content_type: str = "application/json",
-                      accept: str = "application/json") -> bytes:
-        """The response body on success; NotFound, Conflict or ApiError otherwise."""
+    def _opened(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.limit, ssl=self._ssl(), keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(total=60), skip_auto_headers=("User-Agent",),
                 headers={"User-Agent": "kubetask-operator"})
+        return self._session
+
+    async def request(self, method: str, path: str, body: Any, content_type: str = "application/json",
+                      accept: str = "application/json") -> bytes:
+        """The response body on success; NotFound, Conflict or ApiError otherwise."""
+        session = self._opened()
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         for fresh_token in (False, True):
-            async with self._session.request(method, self.config.host + path, data=data,
-                                             headers={**self._headers(content_type), "Accept": accept}) as resp:
+            async with session.request(method, self.config.host + path, data=data,
+                                       headers={**self._headers(content_type), "Accept": accept}) as resp:
                 payload = await resp.read()  # the object as stored: read to keep the connection, not parsed
                 status = resp.status
             if status == 401 and not fresh_token:
@@ -139,6 +154,28 @@ class _AsyncHttp:
         if status == 409:
             raise Conflict(reason)
         raise ApiError(status, reason)
+
+    async def lines(self, path: str, read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """GET a streaming response (a watch) and yield each JSON line as it arrives.
+
+        Split by hand rather than with aiohttp's readline, which refuses lines over 128 KiB: a
+        Deployment with a large last-applied annotation must not stop the watch.
+        """
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout)
+        async with self._opened().get(self.config.host + path, headers=self._headers("application/json"),
+                                      timeout=timeout) as resp:
+            if resp.status >= 300:
+                reason = (await resp.read())[:300].decode(errors="replace")
+                if resp.status == 401:
+                    self.forget_token()
+                raise ApiError(resp.status, reason)
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                for line in complete:
+                    if line.strip():
+                        yield json.loads(line)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -266,18 +303,31 @@ class Kube:
 
     # -- worker pools ---------------------------------------------------------------
 
-    async def pool_deployments(self, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """Every worker-pool Deployment (label ``kubetask.io/pool``) in ``namespaces`` (all when empty)."""
-        out: list[dict[str, Any]] = []
-        targets: list[str | None] = [*namespaces] if namespaces else [None]
-        for namespace in targets:
-            if namespace is None:
-                listing = await self._call(self.apps.list_deployment_for_all_namespaces, label_selector=POOL_LABEL)
-            else:
-                listing = await self._call(self.apps.list_namespaced_deployment, namespace, label_selector=POOL_LABEL)
-            plain = self.api_client.sanitize_for_serialization(listing)  # type: ignore[no-untyped-call]
-            out.extend(plain["items"])
-        return out
+    async def pool_deployments(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every worker-pool Deployment (label ``kubetask.io/pool``) in ``namespace`` (all when None),
+        and the list's resourceVersion to watch from."""
+        if namespace is None:
+            listing = await self._call(self.apps.list_deployment_for_all_namespaces, label_selector=POOL_LABEL)
+        else:
+            listing = await self._call(self.apps.list_namespaced_deployment, namespace, label_selector=POOL_LABEL)
+        plain = self.api_client.sanitize_for_serialization(listing)  # type: ignore[no-untyped-call]
+        return plain["items"], plain["metadata"]["resourceVersion"]
+
+    async def watch_pool_deployments(self, namespace: str | None, resource_version: str,
+                                     timeout_seconds: int = WATCH_SECONDS) -> AsyncIterator[dict[str, Any]]:
+        """The watch events (``{"type", "object"}``) of worker-pool Deployments after ``resource_version``,
+        bookmarks included, until the server ends the watch after ``timeout_seconds``.
+        Raises ``Expired`` when the version is too old to watch from (relist)."""
+        query = urllib.parse.urlencode({"labelSelector": POOL_LABEL, "watch": "true", "allowWatchBookmarks": "true",
+                                        "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds})
+        scope = f"/namespaces/{_quote(namespace)}" if namespace is not None else ""
+        async for event in self._http.lines(f"/apis/apps/v1{scope}/deployments?{query}", timeout_seconds + 30):
+            if event.get("type") == "ERROR":
+                status = event.get("object") or {}
+                if status.get("code") == 410:
+                    raise Expired(str(status.get("message")))
+                raise ApiError(int(status.get("code") or 500), str(status.get("message")))
+            yield event
 
     async def scale(self, namespace: str, deployment: str, replicas: int) -> None:
         self._wrote("scale")

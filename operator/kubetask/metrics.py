@@ -1,7 +1,8 @@
 """Prometheus metrics: every metric kubetask exports is defined here, once.
 
 Each process exports its own on its own registry, over HTTP at
-``/metrics`` on ``KUBETASK_METRICS_PORT`` (unset: no endpoint), together with
+``/metrics`` on ``KUBETASK_METRICS_PORT`` (unset: no endpoint) of
+``KUBETASK_METRICS_ADDRESS`` (default loopback: there is no authentication), together with
 the process collector's CPU, memory and file descriptors:
 
 * A **worker** counts what only it sees (``WorkerMetrics``): attempts by
@@ -318,7 +319,7 @@ class Endpoint:
         await self.runner.cleanup()
 
 
-async def serve(registry: prometheus_client.CollectorRegistry, port: int, host: str = "0.0.0.0",
+async def serve(registry: prometheus_client.CollectorRegistry, port: int, host: str = "127.0.0.1",
                 before_scrape: Callable[[], Awaitable[None]] | None = None) -> Endpoint:
     """Serve ``registry`` at ``http://host:port/metrics``; port 0 lets the system choose one.
 
@@ -347,7 +348,8 @@ async def serve(registry: prometheus_client.CollectorRegistry, port: int, host: 
         await runner.cleanup()
         raise EndpointError(
             f"cannot serve metrics on {host}:{port} ({error.strerror or error}): set KUBETASK_METRICS_PORT "
-            "to a free port, 0 for any free port, or unset it to serve no metrics") from None
+            "to a free port, 0 for any free port, or unset it to serve no metrics; KUBETASK_METRICS_ADDRESS "
+            "must be an address of this host") from None
     bound = int(runner.addresses[0][1])
     logger.info("metrics at http://%s:%d/metrics", host, bound)
     return Endpoint(runner, bound)

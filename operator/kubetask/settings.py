@@ -10,6 +10,7 @@ the user wrote.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pathlib
 import socket
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 ENV_PREFIX = "KUBETASK_"
 DEFAULT_SECRETS_DIR = pathlib.Path("/var/run/secrets/kubetask")
 """Where the chart mounts a pool's ``secrets``: ``<dir>/<secret name>/<key>``."""
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
 
 def _comma_list(value: Any) -> Any:
@@ -169,9 +171,15 @@ class WorkerSettings(_EnvSettings):
     Set it below the container's memory limit."""
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    """Port of the Prometheus endpoint ``http://0.0.0.0:PORT/metrics`` (``KUBETASK_METRICS_PORT``);
+    """Port of the Prometheus endpoint ``http://ADDRESS:PORT/metrics`` (``KUBETASK_METRICS_PORT``);
     0 takes any free port and logs it. Default unset: no endpoint, since several workers on one host
     (the dev harness, a benchmark) would clash on a fixed port; the chart sets 9090 on every pod."""
+
+    metrics_address: pydantic.IPvAnyAddress = Field(default=LOOPBACK)
+    """Address the Prometheus endpoint listens on (``KUBETASK_METRICS_ADDRESS``). Default
+    ``127.0.0.1``: the endpoint has no authentication, so a process started by hand shows its
+    metrics to its own host only; the chart sets ``0.0.0.0`` (``metrics.address``) so Prometheus
+    can scrape the pod, and its NetworkPolicy decides who may."""
 
     secrets_dir: pathlib.Path = DEFAULT_SECRETS_DIR
     """Directory where the pool's Secrets are mounted, one subdirectory per Secret, read by handlers
@@ -275,11 +283,28 @@ class OperatorSettings(_EnvSettings):
     save one API write per Task at high rates (Retrying and DeadLetter Events are always posted)."""
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    """Port of the Prometheus endpoint ``http://0.0.0.0:PORT/metrics`` (``KUBETASK_METRICS_PORT``),
+    """Port of the Prometheus endpoint ``http://ADDRESS:PORT/metrics`` (``KUBETASK_METRICS_PORT``),
     apart from kopf's liveness endpoint; 0 takes any free port and logs it. Default unset: no endpoint;
     the chart sets 9090."""
 
-    _split_namespaces = pydantic.field_validator("namespaces", mode="before")(_comma_list)
+    metrics_address: pydantic.IPvAnyAddress = Field(default=LOOPBACK)
+    """Address the Prometheus endpoint listens on (``KUBETASK_METRICS_ADDRESS``). Default
+    ``127.0.0.1``, as for the workers: no authentication, so only the host unless asked; the chart
+    sets ``0.0.0.0`` and a NetworkPolicy."""
+
+    pool_namespaces: list[str] = Field(default_factory=list)
+    """Namespaces where Deployments labelled ``kubetask.io/pool`` are worker pools the operator
+    discovers and scales, comma-separated (``KUBETASK_POOL_NAMESPACES``). Default empty: the
+    namespaces of ``KUBETASK_NAMESPACES``, or the whole cluster when that is empty. The chart sets the
+    release namespace (plus ``operator.poolNamespaces``), so its Roles can confine ``patch pods`` and
+    ``deployments/scale`` there: Tasks come from every namespace, pools only from where they belong."""
+
+    _split_namespaces = pydantic.field_validator("namespaces", "pool_namespaces", mode="before")(_comma_list)
+
+    @property
+    def pool_scope(self) -> list[str]:
+        """Namespaces whose pools are discovered: ``pool_namespaces``, else ``namespaces``; empty = all."""
+        return list(dict.fromkeys(self.pool_namespaces or self.namespaces))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:

@@ -76,12 +76,16 @@ def test_operator_rbac_works_and_grants_no_secrets(release_factory: Any) -> None
     assert _can_i(release, "patch", "deployments.apps", "--subresource=scale", "-n", ns)
     assert _can_i(release, "patch", "pods", "-n", ns)
     assert _can_i(release, "create", "events", "-n", ns)
-    # ... and nothing it does not: no Secrets anywhere, no Tasks outside its namespaces, no deletes of pods.
+    # ... and nothing it does not: no Secrets anywhere, no Tasks outside its namespaces, no deletes of pods,
+    # no edit of a Task (only its status) or of a Deployment (only its scale).
     assert not _can_i(release, "get", "secrets", "-n", "default")
     assert not _can_i(release, "get", "secrets", "-n", ns)
     assert not _can_i(release, "list", "secrets", "--all-namespaces")
     assert not _can_i(release, "list", "tasks.kubetask.io", "-n", "default")
     assert not _can_i(release, "delete", "pods", "-n", ns)
+    assert not _can_i(release, "patch", "tasks.kubetask.io", "-n", ns)
+    assert not _can_i(release, "patch", "deployments.apps", "-n", ns)
+    assert not _can_i(release, "update", "deployments.apps", "--subresource=scale", "-n", ns)
     # The real token is refused too, not only the impersonation.
     code, body = release.plane.request(
         f"/api/v1/namespaces/{ns}/serviceaccounts/{release.name}-kubetask-operator/token", method="POST",
@@ -138,3 +142,39 @@ def test_uninstall_keeps_the_crds_and_the_tasks(own_plane: controlplane.ControlP
     assert not [crd for crd in crds if crd.endswith(".kopf.dev")], "the chart installs no kopf CRDs"
     assert release.get("task", "kept")["status"]["phase"] == "Succeeded"
     assert release.get("deployments")["items"] == [], "everything but the CRDs is gone"
+
+
+def test_a_cluster_wide_operator_serves_every_namespace_but_scales_and_patches_only_its_own(
+        own_plane: controlplane.ControlPlane, pg_server: postgres.PostgresServer) -> None:
+    """The default scope: Tasks from any namespace run, while pods and Deployments elsewhere are out of reach."""
+    for namespace in ("kubetask", "tenant"):
+        own_plane.kubectl("create", "namespace", namespace)
+        own_plane.wait_default_serviceaccount(namespace)
+    release = install(own_plane, pg_server, "kubetask", "--set", "operator.namespaces=null", crds=True)
+    assert "KUBETASK_NAMESPACES" not in {e["name"] for e in release.get("deployment", "kt-kubetask-operator")
+                                         ["spec"]["template"]["spec"]["containers"][0]["env"]}, "cluster-wide"
+    # A Task of another namespace runs on the release's pool, scaled from zero in the release namespace.
+    body = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": "far", "namespace": "tenant"},
+            "spec": {"type": "echo", "queue": release.queue, "payload": {"from": "tenant"}}}
+    own_plane.kubectl("apply", "-f", "-", input=json.dumps(body))
+    far = Release(own_plane, "tenant", release.name, release.queue, release.dsn, release.values)
+    try:
+        assert far.wait_phase("far", "Succeeded")["status"]["result"] == {"from": "tenant"}
+    except TimeoutError:
+        print(release.pod_log("operator"))
+        raise
+    # Tasks everywhere ...
+    assert _can_i(release, "list", "tasks.kubetask.io", "--all-namespaces")
+    assert _can_i(release, "patch", "tasks.kubetask.io", "--subresource=status", "-n", "tenant")
+    assert _can_i(release, "create", "events", "-n", "tenant")
+    assert not _can_i(release, "patch", "tasks.kubetask.io", "-n", "tenant")
+    # ... pods and Deployments only in the release namespace: not in a tenant's, not in kube-system.
+    for namespace in ("tenant", "kube-system"):
+        assert not _can_i(release, "patch", "pods", "-n", namespace), namespace
+        assert not _can_i(release, "list", "pods", "-n", namespace), namespace
+        assert not _can_i(release, "patch", "deployments.apps", "--subresource=scale", "-n", namespace), namespace
+        assert not _can_i(release, "list", "deployments.apps", "-n", namespace), namespace
+    assert not _can_i(release, "list", "deployments.apps", "--all-namespaces")
+    assert _can_i(release, "patch", "deployments.apps", "--subresource=scale", "-n", "kubetask")
+    log = release.pod_log("operator")
+    assert "Forbidden" not in log and not re.search(r"\b403\b(?!-)", log), log

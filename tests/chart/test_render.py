@@ -43,8 +43,8 @@ def test_helm_lint_strict_passes(values: tuple[str, ...]) -> None:
 def test_renders_with_the_defaults_plus_a_database() -> None:
     """The defaults need one value (where the database URL lives); with it, everything renders."""
     kinds = sorted({obj["kind"] for obj in render(*DB)})
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service",
-                     "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "NetworkPolicy",
+                     "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
 
 
 @pytest.mark.parametrize(("setting", "key"), [
@@ -272,38 +272,69 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
             for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
 
 
-#: What the operator may do in each namespace it serves: nothing on Secrets, no pod deletes.
-OPERATOR_RULES = {
-    ("kubetask.io", "tasks"): {"get", "list", "watch", "patch", "delete"},
-    ("kubetask.io", "tasks/status"): {"patch", "update"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("apps", "deployments"): {"get", "list", "watch"},
-    ("apps", "deployments/scale"): {"get", "patch", "update"},
-    ("", "pods"): {"get", "list", "patch"},
+#: What the operator may do with Tasks, wherever it serves them: no patch of a Task itself, only its status.
+TASK_RULES = {
+    ("kubetask.io", "tasks"): {"get", "list", "watch", "delete"},
+    ("kubetask.io", "tasks/status"): {"patch"},
+    ("", "events"): {"create"},
 }
+#: What it may do with worker pools, in the pool namespaces only: scale (not edit) Deployments, annotate pods.
+POOL_RULES = {
+    ("apps", "deployments"): {"list", "watch"},
+    ("apps", "deployments/scale"): {"patch"},
+    ("", "pods"): {"list", "patch"},
+    ("", "events"): {"create"},
+}
+CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
+
+
+def _roles(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[tuple[str, str], set[str]]]:
+    """Rules of every Role, by (namespace, name)."""
+    return {(role["metadata"]["namespace"], role["metadata"]["name"]): _rules(role) for role in of_kind(objects, "Role")}
+
+
+def _bound(objects: list[dict[str, Any]]) -> None:
+    """Every Role and ClusterRole is bound to the operator's ServiceAccount, and to nothing else."""
+    roles = {(r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"])
+             for r in of_kind(objects, "Role") + of_kind(objects, "ClusterRole")}
+    bindings = {("Role" if b["kind"] == "RoleBinding" else "ClusterRole", b["metadata"].get("namespace"),
+                 b["roleRef"]["name"]) for b in of_kind(objects, "RoleBinding") + of_kind(objects, "ClusterRoleBinding")}
+    assert roles == bindings
+    for binding in of_kind(objects, "RoleBinding") + of_kind(objects, "ClusterRoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetask-operator",
+                                        "namespace": "kt"}], binding["metadata"]["name"]
 
 
 def test_cluster_wide_operator_rbac_is_least_privilege() -> None:
-    objects = render(*DB)
+    """Cluster-wide: only what Tasks need; scaling Deployments and patching pods only in the release namespace."""
+    objects = render(*DB, namespace="kt")
     (role,) = of_kind(objects, "ClusterRole")
-    assert of_kind(objects, "Role") == []
-    assert _rules(role) == {
-        **OPERATOR_RULES, ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-    (binding,) = of_kind(objects, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubetask-operator",
-                                    "namespace": "kubetask-system"}]
+    assert _rules(role) == {**TASK_RULES, CRDS: {"get", "list", "watch"}}
+    assert _roles(objects) == {("kt", "kubetask-operator-pools"): POOL_RULES}
+    _bound(objects)
+    env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["KUBETASK_POOL_NAMESPACES"]["value"] == "$(POD_NAMESPACE)", "pools discovered only where it may scale"
 
 
 def test_namespaced_operator_gets_a_role_per_namespace() -> None:
     objects = render(*DB, "--set", "operator.namespaces={team-a}", namespace="kt")
-    roles = {role["metadata"]["namespace"]: role for role in of_kind(objects, "Role")}
-    assert sorted(roles) == ["kt", "team-a"]
-    for role in roles.values():
-        assert _rules(role) == OPERATOR_RULES
+    assert _roles(objects) == {("kt", "kubetask-operator"): TASK_RULES, ("team-a", "kubetask-operator"): TASK_RULES,
+                               ("kt", "kubetask-operator-pools"): POOL_RULES}
     (cluster_role,) = of_kind(objects, "ClusterRole")
-    assert set(_rules(cluster_role)) == {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    assert set(_rules(cluster_role)) == {CRDS, ("", "namespaces")}
     assert all(verbs <= {"get", "list", "watch"} for verbs in _rules(cluster_role).values())
+    _bound(objects)
+
+
+def test_pool_namespaces_get_a_pool_role_each_and_are_the_operators_pool_scope() -> None:
+    objects = render(*DB, "--set", "operator.poolNamespaces={batch,kt}", namespace="kt")
+    assert _roles(objects) == {("kt", "kubetask-operator-pools"): POOL_RULES,
+                               ("batch", "kubetask-operator-pools"): POOL_RULES}
+    _bound(objects)
+    env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert env["KUBETASK_POOL_NAMESPACES"]["value"] == "$(POD_NAMESPACE),batch"
+    assert "poolNamespaces/0': 'Batch!' does not match" in render_error(*DB, "--set", "operator.poolNamespaces={Batch!}")
 
 
 @pytest.mark.parametrize("values", [DB, ("--set", "operator.namespaces={a}", *DB), BUNDLED])
@@ -466,3 +497,181 @@ def test_bad_metrics_values_fail_saying_why(values: tuple[str, ...], message: st
     error = render_error(*DB, *values)
     assert message in error, error
 
+
+
+# -- posture: resources, /tmp, NetworkPolicy, disruption budget -------------------------------
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Does a label selector (matchLabels, matchExpressions with In) select ``labels``?"""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    return all(expr["operator"] == "In" and labels.get(expr["key"]) in expr["values"]
+               for expr in selector.get("matchExpressions", []))
+
+
+@pytest.mark.parametrize("values", [DB, BUNDLED], ids=["existing-secret", "bundled-postgresql"])
+def test_no_container_is_best_effort_and_every_emptydir_has_a_size_limit(values: tuple[str, ...]) -> None:
+    specs = pod_specs(render(*values, *POOL, "--set", "pools[1].name=second"))
+    for workload, spec in specs.items():
+        for container in spec["containers"]:
+            resources = container.get("resources", {})
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), workload
+            assert "memory" in resources.get("limits", {}), workload
+        for volume in spec["volumes"]:
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{workload}: {volume['name']}"
+
+
+def test_pools_take_the_pool_defaults_unless_they_set_their_own() -> None:
+    objects = render(*DB, *POOL, "--set", "pools[1].name=own", "--set", "pools[1].resources.requests.cpu=2",
+                     "--set", "pools[1].resources.requests.memory=4Gi", "--set", "pools[1].tmpSizeLimit=10Gi",
+                     "--set", "poolDefaults.tmpSizeLimit=1Gi", "--set", "operator.tmpSizeLimit=16Mi")
+    by_pool = {w["metadata"]["labels"]["kubetask.io/pool"]: w["spec"]["template"]["spec"] for w in _workers(objects)}
+    assert by_pool["default"]["containers"][0]["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                                                "limits": {"memory": "512Mi"}}
+    assert by_pool["own"]["containers"][0]["resources"] == {"requests": {"cpu": 2, "memory": "4Gi"}}
+    assert by_pool["default"]["volumes"][0]["emptyDir"] == {"sizeLimit": "1Gi"}
+    assert by_pool["own"]["volumes"][0]["emptyDir"] == {"sizeLimit": "10Gi"}
+    assert _operator(objects)["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] == {"sizeLimit": "16Mi"}
+    error = render_error(*DB, *POOL, "--set", "pools[0].tmpSizeLimit=big")
+    assert "/pools/0/tmpSizeLimit': 'big' does not match" in error, error
+
+
+def test_network_policies_admit_only_the_metrics_port_and_the_releases_own_database_clients() -> None:
+    objects = render(*BUNDLED, "--set", "metrics.port=9464")
+    policies = {p["metadata"]["name"]: p["spec"] for p in of_kind(objects, "NetworkPolicy")}
+    assert sorted(policies) == ["kubetask-operator", "kubetask-postgresql", "kubetask-worker"]
+    pods = {w: o["spec"]["template"]["metadata"]["labels"] for w, o in
+            ((o["metadata"]["labels"]["app.kubernetes.io/component"], o)
+             for o in of_kind(objects, "Deployment") + of_kind(objects, "StatefulSet"))}
+    for component in ("operator", "worker"):
+        policy = policies[f"kubetask-{component}"]
+        assert policy["policyTypes"] == ["Ingress"], "egress stays open: API server and PostgreSQL addresses vary"
+        assert [c for c, labels in pods.items() if _matches(policy["podSelector"], labels)] == [component]
+        assert policy["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}], "the metrics port alone"
+    database = policies["kubetask-postgresql"]
+    assert [c for c, labels in pods.items() if _matches(database["podSelector"], labels)] == ["database"]
+    ((rule),) = database["ingress"]
+    assert rule["ports"] == [{"port": "postgresql", "protocol": "TCP"}]
+    ((peer),) = rule["from"]
+    assert sorted(c for c, labels in pods.items() if _matches(peer["podSelector"], labels)) == ["operator", "worker"]
+    other_release = {**pods["worker"], "app.kubernetes.io/instance": "other"}
+    assert not _matches(peer["podSelector"], other_release), "another release's pods are not let in"
+
+
+def test_network_policy_options() -> None:
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    objects = render(*BUNDLED, "--set-json", f"networkPolicy.metricsFrom=[{json.dumps(scraper)}]",
+                     "--set-json", 'networkPolicy.postgresqlFrom=[{"podSelector": {"matchLabels": {"app": "cli"}}}]')
+    policies = {p["metadata"]["name"]: p["spec"] for p in of_kind(objects, "NetworkPolicy")}
+    assert policies["kubetask-worker"]["ingress"][0]["from"] == [scraper]
+    assert policies["kubetask-postgresql"]["ingress"][0]["from"][1] == {"podSelector": {"matchLabels": {"app": "cli"}}}
+    closed = {p["metadata"]["name"]: p["spec"] for p in of_kind(render(*DB, "--set", "metrics.enabled=false"),
+                                                                 "NetworkPolicy")}
+    assert closed["kubetask-operator"]["ingress"] == [] and closed["kubetask-worker"]["ingress"] == []
+    assert of_kind(render(*DB, "--set", "networkPolicy.enabled=false"), "NetworkPolicy") == []
+
+
+def test_metrics_listen_on_every_address_of_the_pod_as_the_value_says() -> None:
+    for values, address in [((), "0.0.0.0"), (("--set", "metrics.address=127.0.0.1"), "127.0.0.1")]:
+        objects = render(*DB, *values)
+        containers = [spec["containers"][0] for spec in pod_specs(objects).values()]
+        assert len(containers) == 2
+        assert all(_env(c)["KUBETASK_METRICS_ADDRESS"]["value"] == address for c in containers)
+    assert "/metrics/address" in render_error(*DB, "--set", "metrics.address=everywhere")
+
+
+def test_the_operator_has_a_disruption_budget_that_never_blocks_a_drain() -> None:
+    objects = render(*DB)
+    (budget,) = of_kind(objects, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == _operator(objects)["spec"]["selector"]["matchLabels"]
+    assert of_kind(render(*DB, "--set", "operator.podDisruptionBudget.enabled=false"), "PodDisruptionBudget") == []
+    error = render_error(*DB, "--set", "operator.podDisruptionBudget.maxUnavailable=0")
+    assert "/operator/podDisruptionBudget/maxUnavailable" in error, error
+
+
+# -- the bundled PostgreSQL: its password, TLS -----------------------------------------------------
+
+
+def _secret_data(objects: list[dict[str, Any]]) -> dict[str, str]:
+    import base64
+
+    (secret,) = of_kind(objects, "Secret")
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
+def test_a_given_password_renders_the_same_secret_every_time() -> None:
+    """`helm template` (GitOps) renders the same password on every run once one is given."""
+    values = (*BUNDLED, "--set", "postgresql.auth.password=s3cret")
+    first, second = _secret_data(render(*values)), _secret_data(render(*values))
+    assert first == second
+    assert first["password"] == "s3cret"
+    assert first["url"] == "postgresql://kubetask:s3cret@kubetask-postgresql.kubetask-system.svc:5432/kubetask"
+    # Without one, every `helm template` is an install with a new password: why the NOTES say to set one.
+    assert _secret_data(render(*BUNDLED))["password"] != _secret_data(render(*BUNDLED))["password"]
+    notes = helm("install", "kubetask", str(CHART), *BUNDLED, "--dry-run=client").stdout
+    assert "set postgresql.auth.password or postgresql.auth.existingSecret" in notes
+    assert "postgresql.auth" not in helm("install", "kubetask", str(CHART), *values, "--dry-run=client").stdout
+
+
+def test_an_existing_auth_secret_is_used_by_the_server_and_by_kubetask() -> None:
+    objects = render(*BUNDLED, "--set", "postgresql.auth.existingSecret=pg-auth")
+    assert of_kind(objects, "Secret") == [], "the chart makes no Secret of its own"
+    specs = pod_specs(objects)
+    server = _env(specs["StatefulSet/kubetask-postgresql"]["containers"][0])
+    assert server["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "pg-auth", "key": "password"}
+    for workload in ("Deployment/kubetask-operator", "Deployment/kubetask-worker-default"):
+        env = _env(specs[workload]["containers"][0])
+        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pg-auth", "key": "url"}, workload
+
+
+def test_an_upgrade_that_cannot_read_the_generated_password_fails_instead_of_replacing_it() -> None:
+    error = render_error(*BUNDLED, "--is-upgrade")
+    assert "cannot read the Secret kubetask-postgresql" in error and "postgresql.auth.password" in error, error
+    render(*BUNDLED, "--is-upgrade", "--set", "postgresql.auth.password=s3cret")  # a given password renders
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (("--set", "postgresql.auth.password=a", "--set", "postgresql.auth.existingSecret=b"), "not both"),
+    (("--set", "postgresql.tls.enabled=true"), "postgresql.tls.enabled=true needs postgresql.tls.existingSecret"),
+    (("--set", "postgresql.tls.sslmode=prefer"), "sslmode"),
+    (("--set", "postgresql.auth.password=a@b"), "/postgresql/auth/password"),
+])
+def test_bad_postgresql_values_fail_saying_why(values: tuple[str, ...], message: str) -> None:
+    error = render_error(*BUNDLED, *values)
+    assert message in error, error
+
+
+def test_tls_makes_the_server_refuse_plain_connections_and_kubetask_ask_for_tls() -> None:
+    tls = (*BUNDLED, "--set", "postgresql.auth.password=pw", "--set", "postgresql.tls.enabled=true",
+           "--set", "postgresql.tls.existingSecret=pg-tls")
+    objects = render(*tls)
+    assert _secret_data(objects)["url"].endswith("/kubetask?sslmode=require")
+    spec = pod_specs(objects)["StatefulSet/kubetask-postgresql"]
+    (server,) = spec["containers"]
+    settings = dict(arg.split("=", 1) for arg in server["args"] if arg != "-c")
+    assert settings["ssl"] == "on"
+    mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert settings["ssl_cert_file"] == mounts["tls"] + "/tls.crt" and settings["ssl_key_file"] == mounts["tls"] + "/tls.key"
+    assert volumes["tls"]["secret"]["secretName"] == "pg-tls"
+    assert volumes["tls"]["secret"]["defaultMode"] == 0o640, "PostgreSQL refuses a key file others can read"
+    assert settings["hba_file"] == mounts["hba"] + "/pg_hba.conf"
+    (hba,) = of_kind(objects, "ConfigMap")
+    assert volumes["hba"]["configMap"]["name"] == hba["metadata"]["name"]
+    assert [line for line in hba["data"]["pg_hba.conf"].splitlines() if line.startswith("host")] == [
+        "hostssl all all all scram-sha-256"], "no line lets a connection without TLS in"
+    assert "sslrootcert" not in _secret_data(objects)["url"]
+
+    verified = render(*tls, "--set", "postgresql.tls.sslmode=verify-full")
+    url = _secret_data(verified)["url"]
+    assert "?sslmode=verify-full&sslrootcert=" in url
+    for workload in ("Deployment/kubetask-operator", "Deployment/kubetask-worker-default"):
+        spec = pod_specs(verified)[workload]
+        mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert url.endswith(f"sslrootcert={mounts['postgresql-ca']}/ca.crt"), workload
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "postgresql-ca"]
+        assert volume["secret"] == {"secretName": "pg-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert not [v for spec in pod_specs(objects).values() for v in spec["volumes"] if v["name"] == "postgresql-ca"]

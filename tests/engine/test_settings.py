@@ -53,3 +53,13 @@ def test_bad_database_url_names_the_variable_and_hides_its_value(url: str) -> No
 def test_missing_database_url_says_it_is_unset() -> None:
     with pytest.raises(settings.SettingsError, match="DATABASE_URL=<unset>"):
         settings.OperatorSettings.from_env({})
+
+
+@pytest.mark.parametrize("model", [settings.WorkerSettings, settings.OperatorSettings])
+def test_metrics_listen_on_loopback_unless_an_address_is_given(model: type[settings._EnvSettings]) -> None:
+    """The endpoint has no authentication: a process started by hand does not show it to the network."""
+    env = {"DATABASE_URL": "postgresql://x@y/z"}
+    assert str(model.from_env(env).metrics_address) == "127.0.0.1"  # type: ignore[attr-defined]
+    assert str(model.from_env({**env, "KUBETASK_METRICS_ADDRESS": "0.0.0.0"}).metrics_address) == "0.0.0.0"  # type: ignore[attr-defined]
+    with pytest.raises(settings.SettingsError, match="KUBETASK_METRICS_ADDRESS='everywhere'"):
+        model.from_env({**env, "KUBETASK_METRICS_ADDRESS": "everywhere"})

@@ -70,9 +70,51 @@ the user's own Secret, or the bundled PostgreSQL's generated one.
 {{- else if .Values.database.existingSecret -}}
 {{- .Values.database.existingSecret -}}
 {{- else if .Values.postgresql.enabled -}}
-{{- include "kubetask.postgresqlName" . -}}
+{{- include "kubetask.postgresqlAuthSecret" . -}}
 {{- else -}}
 {{- fail "database: kubetask needs PostgreSQL. Set database.existingSecret to a Secret holding the connection URL (kubectl create secret generic kubetask-db --from-literal=url=postgresql://USER:PASSWORD@HOST:5432/DB), or postgresql.enabled=true to install a bundled one for trying out" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the bundled PostgreSQL's `password` and `url`: the user's, or the chart's own. */}}
+{{- define "kubetask.postgresqlAuthSecret" -}}
+{{- default (include "kubetask.postgresqlName" .) .Values.postgresql.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The query string of the bundled PostgreSQL's URL: how kubetask checks the server's TLS, if it is on. */}}
+{{- define "kubetask.postgresqlSslQuery" -}}
+{{- with .Values.postgresql.tls -}}
+{{- if and .enabled (eq .sslmode "verify-full") -}}
+?sslmode=verify-full&sslrootcert=/etc/kubetask/postgresql-ca/ca.crt
+{{- else if .enabled -}}
+?sslmode={{ .sslmode }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The CA that verifies the bundled PostgreSQL (postgresql.tls.sslmode=verify-full), for the operator and
+worker pods: kubetask.postgresqlCaMount in the container, kubetask.postgresqlCaVolume in the pod.
+*/}}
+{{- define "kubetask.verifiesPostgresql" -}}
+{{- if and .Values.postgresql.enabled .Values.postgresql.tls.enabled (eq .Values.postgresql.tls.sslmode "verify-full") -}}true{{- end -}}
+{{- end -}}
+
+{{- define "kubetask.postgresqlCaMount" -}}
+{{- if include "kubetask.verifiesPostgresql" . -}}
+- name: postgresql-ca
+  mountPath: /etc/kubetask/postgresql-ca
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetask.postgresqlCaVolume" -}}
+{{- if include "kubetask.verifiesPostgresql" . -}}
+- name: postgresql-ca
+  secret:
+    secretName: {{ .Values.postgresql.tls.existingSecret }}
+    items:
+    - {key: ca.crt, path: ca.crt}
 {{- end -}}
 {{- end -}}
 
@@ -96,6 +138,14 @@ namespace is always part of a list: the worker pools live there.
 {{- if .Values.operator.namespaces -}}
 {{- uniq (append (deepCopy .Values.operator.namespaces) .Release.Namespace) | join "," -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Namespaces whose worker pools the operator discovers and scales (KUBETASK_POOL_NAMESPACES, and the
+pool Roles): the release namespace, where the chart's pools live, then operator.poolNamespaces.
+*/}}
+{{- define "kubetask.poolNamespaces" -}}
+{{- uniq (prepend (deepCopy .Values.operator.poolNamespaces) .Release.Namespace) | join "," -}}
 {{- end -}}
 
 {{/* Pod-level security context: non-root, fixed uid/gid, RuntimeDefault seccomp. */}}
@@ -135,6 +185,14 @@ metadata:
 {{/* Guards for combinations of values the schema cannot express. Rendered by templates/validate.yaml. */}}
 {{- define "kubetask.validate" -}}
 {{- $_ := include "kubetask.databaseSecret" . -}}
+{{- with .Values.postgresql -}}
+{{- if and .auth.password .auth.existingSecret -}}
+{{- fail "postgresql.auth: set either postgresql.auth.password or postgresql.auth.existingSecret (a Secret with keys password and url), not both" -}}
+{{- end -}}
+{{- if and .tls.enabled (not .tls.existingSecret) -}}
+{{- fail "postgresql.tls.enabled=true needs postgresql.tls.existingSecret: a kubernetes.io/tls Secret in the release namespace with tls.crt and tls.key (and ca.crt for sslmode=verify-full), e.g. from cert-manager, for the name <release>-postgresql.<namespace>.svc" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled=true needs metrics.enabled=true: there is nothing to scrape otherwise" -}}
 {{- end -}}

@@ -1,11 +1,12 @@
 """The kopf application: the only module that imports kopf.
 
-kopf only *watches*. Its handlers are ``on.event`` handlers, which keep no
-state on the objects (no progress annotations, no finalizers), so kopf itself
-adds no write per Task; what an event means is decided in ``watch`` and
-``pools``. Start-up migrates the schema, builds the ``Runtime``, keeps it in
-kopf's memo for the handlers (no module global) and starts the services
-(``services``); shut-down stops them.
+kopf only *watches*, and only Tasks: the worker-pool Deployments are
+followed by ``pools``, in the pool namespaces alone. Its handlers are
+``on.event`` handlers, which keep no state on the objects (no progress
+annotations, no finalizers), so kopf itself adds no write per Task; what an
+event means is decided in ``watch``. Start-up migrates the schema, builds the
+``Runtime``, keeps it in kopf's memo for the handlers (no module global) and
+starts the services (``services``); shut-down stops them.
 
 ``main`` is ``kubetask operator``: it waits a bounded time for PostgreSQL
 before kopf starts, because kopf would retry a failing start-up handler for
@@ -24,7 +25,7 @@ import kopf
 import psycopg
 
 from kubetask import db, kube, metrics, model, settings
-from kubetask.operator import pools, scrape, services, watch
+from kubetask.operator import scrape, services, watch
 from kubetask.operator.runtime import Runtime
 
 log = logging.getLogger("kubetask.operator")
@@ -73,6 +74,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if config.metrics_port is not None:
         try:
             rt.metrics_endpoint = await metrics.serve(rt.meters.registry, config.metrics_port,
+                                                      host=str(config.metrics_address),
                                                       before_scrape=lambda: scrape.refresh(rt))
         except metrics.EndpointError as err:
             raise kopf.PermanentError(str(err)) from None
@@ -100,11 +102,6 @@ async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_
         await watch.on_task_event(memo.runtime, event.get("type"), dict(body))
     except psycopg.OperationalError as err:
         raise kopf.TemporaryError(f"PostgreSQL unreachable: {err}", delay=5) from None
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={kube.POOL_LABEL: kopf.PRESENT})
-async def pool_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    pools.register(memo.runtime, dict(body), deleted=event.get("type") == "DELETED")
 
 
 def main() -> int:

@@ -1,9 +1,13 @@
 """Worker pools: which Deployments serve which queue, and the scaler that sizes them to the queue.
 
 A pool is a Deployment labelled ``kubetask.io/pool=<queue>``, its policy in
-annotations (``scaling.policy_from``). The registry follows their watch
-events; one LIST at start-up lets the mirror tell "no pool serves this
-queue" from "not seen yet". A bad edit of the annotations keeps the last good
+annotations (``scaling.policy_from``), in one of the pool namespaces
+(``OperatorSettings.pool_scope``): the chart's Roles let the operator scale
+Deployments and patch pods there and nowhere else. ``follow`` lists them and
+then follows their watch in each of those namespaces, resuming from the last
+version it saw and listing again only when that version has expired; the
+first LIST lets the mirror tell "no pool serves this queue" from "not seen
+yet". A bad edit of the annotations keeps the last good
 policy and says why on the Deployment, so a typo never costs a pool its
 scaling.
 
@@ -18,6 +22,7 @@ once, so scaling from zero is not delayed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -69,19 +74,39 @@ async def _pool_event(rt: Runtime, namespace: str, name: str, uid: str, message:
         log.debug("event for Deployment %s/%s: %s", namespace, name, err)
 
 
-async def list_once(rt: Runtime) -> None:
-    """The start-up LIST of pool Deployments; retried until it succeeds, then done."""
-    delays = supervise.Delays(first=0.5, cap=10.0)
-    while True:
-        try:
-            for body in await rt.kube.pool_deployments(rt.config.namespaces):
-                register(rt, body)
-            rt.pools_listed = True
-            return
-        except Exception as err:
-            delay = delays.next()
-            log.warning("listing worker pools: %s; retrying in %.1fs", err, delay)
-            await asyncio.sleep(delay)
+async def follow(rt: Runtime) -> None:
+    """Follow the pool Deployments of every pool namespace (the whole cluster when none is set), for ever."""
+    scopes: list[str | None] = [*rt.config.pool_scope] or [None]
+    listed: set[str | None] = set()
+    await asyncio.gather(*(
+        supervise.supervise(f"following worker pools in {scope or 'all namespaces'}",
+                            functools.partial(_follow_scope, rt, scope, scopes, listed), log,
+                            supervise.Delays(first=0.5, cap=10.0))
+        for scope in scopes))
+
+
+async def _follow_scope(rt: Runtime, scope: str | None, scopes: list[str | None], listed: set[str | None]) -> None:
+    """LIST the pools of ``scope`` (forgetting those gone meanwhile), then WATCH from that list's version.
+
+    Returns when the version has expired (410), so ``supervise`` lists again; other failures raise.
+    """
+    items, version = await rt.kube.pool_deployments(scope)
+    present = {(body["metadata"]["namespace"], body["metadata"]["name"]) for body in items}
+    for key in [key for key in rt.pools if (scope is None or key[0] == scope) and key not in present]:
+        rt.pools.pop(key)
+    for body in items:
+        register(rt, body)
+    listed.add(scope)
+    rt.pools_listed = listed >= set(scopes)
+    try:
+        while True:
+            async for event in rt.kube.watch_pool_deployments(scope, version):
+                body = event.get("object") or {}
+                version = (body.get("metadata") or {}).get("resourceVersion") or version
+                if event.get("type") != "BOOKMARK":
+                    register(rt, body, deleted=event.get("type") == "DELETED")
+    except kube.Expired:
+        log.debug("watch of worker pools in %s expired; listing again", scope or "all namespaces")
 
 
 async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:

@@ -61,7 +61,7 @@ def start(rt: Runtime) -> None:
     rt.tasks = [
         asyncio.create_task(supervise.supervise("listener", lambda: listen(rt), log), name="kubetask-listener"),
         asyncio.create_task(supervise.supervise("leadership", lambda: lead(rt), log), name="kubetask-leadership"),
-        asyncio.create_task(pools.list_once(rt), name="kubetask-list-pools"),
+        asyncio.create_task(pools.follow(rt), name="kubetask-pools"),
         *(service.start(rt) for service in EVERY_REPLICA),
     ]
 

@@ -92,7 +92,8 @@ class Worker:
         logger.info("worker %s serves queue %r with %d slots; handlers: %s", self.lease_owner,
                     self.config.queue, self.config.concurrency, ", ".join(self.registry.names()))
         if self.config.metrics_port is not None:
-            self.metrics_endpoint = await metrics.serve(self.metrics.registry, self.config.metrics_port)
+            self.metrics_endpoint = await metrics.serve(self.metrics.registry, self.config.metrics_port,
+                                                        host=str(self.config.metrics_address))
         background = [
             asyncio.create_task(supervise.supervise("listener", self._listen, logger, supervise.Delays(first=0.1)),
                                 name="kubetask-listen"),

@@ -66,3 +66,15 @@ async def events_of(rt: Runtime, namespace: str, name: str) -> list[dict[str, An
     listed = await asyncio.to_thread(rt.kube.core.list_namespaced_event, namespace,
                                      field_selector=f"involvedObject.name={name}")
     return [json.loads(json.dumps(rt.kube.api_client.sanitize_for_serialization(e))) for e in listed.items]
+
+
+def pool_deployment(namespace: str, queue: str, replicas: int = 0) -> dict[str, Any]:
+    """A worker-pool Deployment of ``queue`` (max 3 replicas, concurrency 1) whose pods never run."""
+    labels = {"app": f"pool-{queue}"}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": f"pool-{queue}", "namespace": namespace,
+                         "labels": {kube.POOL_LABEL: queue},
+                         "annotations": {"kubetask.io/max-replicas": "3", "kubetask.io/concurrency": "1"}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "worker", "image": "kubetask:never-pulled"}]}}}}
