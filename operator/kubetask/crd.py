@@ -35,6 +35,13 @@ SPEC_RULES = [
         "fieldPath": ".runAt",
     },
     {
+        # Also in the schema's minimum, which the API server checks against an integer (0) by truncating
+        # it to 0: this rule sees the number as a double.
+        "rule": "!has(self.backoff) || !has(self.backoff.initialSeconds) || self.backoff.initialSeconds >= 0.1",
+        "message": "spec.backoff.initialSeconds must be at least 0.1 (seconds): a 0 s backoff retries back to back",
+        "fieldPath": ".backoff.initialSeconds",
+    },
+    {
         "rule": "self == oldSelf",
         "message": "spec is immutable once the Task exists: delete and re-create the Task to change it",
     },

@@ -104,8 +104,7 @@ class Backoff(_Schema):
     """How long to wait between attempts: initialSeconds × factor^(retry−1), capped at maxSeconds, ± jitter."""
 
     initial_seconds: float = pydantic.Field(default=1.0, ge=0.1, le=86400)
-    """Delay before the first retry, in seconds, at least 0.1 (a floor: 0 made each Task a retry storm of up
-    to 101 back-to-back attempts, each a claim, a status write and an Event). Default 1."""
+    """Delay before the first retry, in seconds, at least 0.1. Default 1."""
 
     factor: float = pydantic.Field(default=2.0, ge=1, le=10)
     """Multiplier applied to the delay after each failed attempt. Default 2 (exponential)."""
