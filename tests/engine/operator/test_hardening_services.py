@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import pathlib
+import time
+from collections.abc import Awaitable, Callable
 
 from conftest import create_task, events_of, get_task
 from kubetask_dev import controlplane
@@ -47,10 +49,17 @@ def _served(runtime: Runtime, namespace: str) -> Runtime:
     return runtime
 
 
-async def _sweep_twice(runtime: Runtime, conn: db.connection.Conn) -> None:
-    """Two sweeps: an object without a row is acted on only when the sweep before saw it so too."""
-    await upkeep.orphans_once(runtime, conn)
-    await upkeep.orphans_once(runtime, conn)
+async def _sweep_until(runtime: Runtime, conn: db.connection.Conn, done: Callable[[], Awaitable[bool]],
+                       what: str, timeout: float = 20.0) -> None:
+    """Sweep until ``done``: an object without a row is acted on only when the sweep before saw it so
+    too, and the metadata LIST is served from the API server's watch cache, which may lag a create."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await upkeep.orphans_once(runtime, conn)
+        if await done():
+            return
+        assert time.monotonic() < deadline, f"timed out after {timeout}s of sweeps waiting for {what}"
+        await asyncio.sleep(0.2)  # the sweep's own interval, shortened: not a synchronisation
 
 
 async def test_a_task_whose_row_the_database_lost_is_admitted_again_visibly(
@@ -62,7 +71,11 @@ async def test_a_task_whose_row_the_database_lost_is_admitted_again_visibly(
     await rt.kube.patch_task_status(namespace, "lost-row", uid, {"phase": "Queued", "attempts": 0})
     await upkeep.orphans_once(rt, conn)
     assert rt.admissions.empty(), "one sweep is not enough: admission may be about to insert it"
-    await upkeep.orphans_once(rt, conn)
+
+    async def queued() -> bool:
+        return not rt.admissions.empty()
+
+    await _sweep_until(rt, conn, queued, "the Task to go to admission again")
     await admission.run_once(rt, conn)
     row = await db.reads.get_task(conn, uid)
     assert row is not None and row.state == states.TaskState.QUEUED
@@ -80,8 +93,11 @@ async def test_a_refused_task_is_deleted_after_the_refused_ttl_and_a_recent_one_
         body = await create_task(rt, namespace, name)
         await rt.kube.patch_task_status(namespace, name, body["metadata"]["uid"], status.rejected(
             status.REFUSED, "spec.payload is too large", now - datetime.timedelta(seconds=age)))
-    await _sweep_twice(rt, conn)
-    assert await get_task(rt, namespace, "refused-old") is None
+
+    async def deleted() -> bool:
+        return await get_task(rt, namespace, "refused-old") is None
+
+    await _sweep_until(rt, conn, deleted, "the old refused Task to be deleted")
     assert await get_task(rt, namespace, "refused-new") is not None
     assert await db.reads.get_task(conn, body["metadata"]["uid"]) is None  # refusing never wrote a row
 
@@ -91,7 +107,11 @@ async def test_a_finished_task_whose_history_was_deleted_is_left_alone_and_fetch
     rt = _served(runtime, namespace)
     body = await create_task(rt, namespace, "done")
     await rt.kube.patch_task_status(namespace, "done", body["metadata"]["uid"], {"phase": "Succeeded"})
-    await _sweep_twice(rt, conn)
+
+    async def settled() -> bool:
+        return body["metadata"]["uid"] in rt.unrowed.settled
+
+    await _sweep_until(rt, conn, settled, "the finished Task to be settled")
     assert rt.admissions.empty() and await db.reads.get_task(conn, body["metadata"]["uid"]) is None
     assert body["metadata"]["uid"] in rt.unrowed.settled  # the next sweeps do not fetch it again
     assert await get_task(rt, namespace, "done") is not None
