@@ -24,6 +24,9 @@ from typing import Any
 
 from kubetask import handlers
 
+MAX_SECONDS = 3600.0
+"""Longest a demo handler sleeps or simulates work: a demo that held a slot for ever (``seconds: 1e9``)
+would starve a pool that loads the demos next to real handlers."""
 
 
 @handlers.register("echo")
@@ -34,8 +37,8 @@ def echo(payload: dict[str, Any], ctx: handlers.Context) -> Any:
 
 @handlers.register("sleep")
 async def sleep(payload: dict[str, Any], ctx: handlers.Context) -> Any:
-    """Sleep ``payload.seconds`` (default 1)."""
-    seconds = _number(payload, "seconds", 1.0)
+    """Sleep ``payload.seconds`` (default 1, at most ``MAX_SECONDS``)."""
+    seconds = _seconds(payload, "seconds", 1.0)
     await asyncio.sleep(seconds)
     return {"slept": seconds}
 
@@ -79,7 +82,7 @@ async def email(payload: dict[str, Any], ctx: handlers.Context) -> Any:
     if "credentials" in payload:
         sent_as = ctx.secret(str(payload["credentials"]), "username")
         ctx.secret(str(payload["credentials"]), "password")  # a real sender logs in with it here
-    await asyncio.sleep(_number(payload, "delay_seconds", 0.02))
+    await asyncio.sleep(_seconds(payload, "delay_seconds", 0.02))
     digest = hashlib.sha256(ctx.uid.encode()).hexdigest()[:20]
     result = {"message_id": f"<{digest}@kubetask.local>", "to": recipients, "subject": subject}
     if sent_as is not None:
@@ -100,7 +103,7 @@ def image(payload: dict[str, Any], ctx: handlers.Context) -> Any:
             raise handlers.PermanentError(f"payload.{field} must be an integer from 1 to 10000")
         size.append(value)
     width, height = size
-    time.sleep(_number(payload, "delay_seconds", 0.03))
+    time.sleep(_seconds(payload, "delay_seconds", 0.03))
     base = url.split("?", 1)[0]
     stem, dot, extension = base.rpartition(".")
     if not dot or "/" in extension:
@@ -132,8 +135,13 @@ def report(payload: dict[str, Any], ctx: handlers.Context) -> Any:
     return summary
 
 
-def _number(payload: dict[str, Any], field: str, default: float) -> float:
+def _seconds(payload: dict[str, Any], field: str, default: float) -> float:
+    """A duration from the payload: a number from 0 to ``MAX_SECONDS``, or a permanent error saying so."""
     value = payload.get(field, default)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise handlers.PermanentError(f"payload.{field} must be a non-negative number")
+        raise handlers.PermanentError(f"payload.{field} must be a non-negative number of seconds")
+    if value > MAX_SECONDS:
+        raise handlers.PermanentError(
+            f"payload.{field} is {value:g}, more than the {MAX_SECONDS:g} seconds a demo handler runs at most; "
+            f"ask for {MAX_SECONDS:g} or less (the demos simulate work: they must not hold a worker's slot for ever)")
     return float(value)

@@ -76,7 +76,7 @@ Task specs. Not a valid queue name (queues are DNS labels), so it never stands f
 
 
 class EndpointError(OSError):
-    """The metrics endpoint cannot listen on its port."""
+    """An endpoint (metrics, or the worker's liveness) cannot listen on its port."""
 
 
 # --------------------------------------------------------------------- the worker
@@ -112,7 +112,8 @@ class WorkerMetrics:
     what the counting does.
     """
 
-    def __init__(self, queue: str, slots: int, busy: Callable[[], float], known_types: Collection[str]) -> None:
+    def __init__(self, queue: str, slots: int, busy: Callable[[], float], known_types: Collection[str],
+                 loop_lag: Callable[[], float] = lambda: 0.0) -> None:
         self.queue = queue
         self.registry = prometheus_client.CollectorRegistry()
         prometheus_client.ProcessCollector(registry=self.registry)
@@ -126,6 +127,10 @@ class WorkerMetrics:
                                 ["queue"], registry=self.registry).labels(queue).set(slots)
         prometheus_client.Gauge("kubetask_worker_busy_slots", "Slots running a handler now.", ["queue"],
                                 registry=self.registry).labels(queue).set_function(busy)
+        prometheus_client.Gauge("kubetask_worker_event_loop_lag_seconds", "How late the worker's event loop "
+                                "last ran a timer: near 0 unless an async handler blocks it.", ["queue"],
+                                registry=self.registry).labels(queue).set_function(loop_lag)
+        self._loop_stalls = 0
         self.registry.register(_WorkerCollector(self))
 
     def _type(self, type_: str) -> str:
@@ -143,6 +148,11 @@ class WorkerMetrics:
             if histogram is None:
                 histogram = self._durations[key] = _Histogram(DURATION_BUCKETS)
             histogram.observe(seconds)
+
+    def loop_stalled(self) -> None:
+        """The event loop went longer than KUBETASK_LOOP_LAG_WARNING_SECONDS without running (counted from
+        the watchdog's thread, the only writer)."""
+        self._loop_stalls += 1
 
     def dead_lettered(self, type_: str) -> None:
         label = self._type(type_)
@@ -177,6 +187,11 @@ class _WorkerCollector(prometheus_client.registry.Collector):
                                        "database's clock.", labels=["queue"])
         pickup.add_metric([queue], owner._pickup.buckets(), owner._pickup.sum)
         yield pickup
+        stalls = CounterMetricFamily("kubetask_worker_event_loop_stalls", "Times the worker's event loop went "
+                                     "longer than KUBETASK_LOOP_LAG_WARNING_SECONDS without running (an async "
+                                     "handler blocking it; each is logged with the task).", labels=["queue"])
+        stalls.add_metric([queue], owner._loop_stalls)
+        yield stalls
 
 
 # ------------------------------------------------------------------- the operator

@@ -186,15 +186,52 @@ class WorkerSettings(_EnvSettings):
     through ``ctx.secret(name, key)`` (``KUBETASK_SECRETS_DIR``). Default ``/var/run/secrets/kubetask``,
     where the chart mounts a pool's ``secrets``."""
 
+    max_timeout_seconds: float = Field(default=86_400.0, gt=0)
+    """Longest any attempt may run on this pool, in seconds (``KUBETASK_MAX_TIMEOUT_SECONDS``): it caps
+    a Task's ``timeoutSeconds`` and bounds a Task that sets none, and the attempt's error says when it
+    was this cap that ended it. Default 86400 (a day): a Task without a timeout, or a handler that
+    hangs, cannot hold a slot for ever, yet no plausible batch job is cut short by an upgrade; set it
+    to the longest your pool's handlers should ever take."""
+
+    loop_lag_warning_seconds: float = Field(default=1.0, gt=0)
+    """Seconds the worker's event loop may go without running before a warning names the tasks
+    running on it and where the loop is stuck (``KUBETASK_LOOP_LAG_WARNING_SECONDS``). Default 1: an
+    async handler that blocks (``time.sleep``, blocking I/O, long CPU work without ``await``) stalls
+    every other task of the process; leases are renewed from a thread of their own meanwhile."""
+
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the liveness endpoint ``http://ADDRESS:PORT/healthz`` (``KUBETASK_HEALTH_PORT``), served
+    from the heartbeat's thread: 200 while the claim loop, the event loop and the heartbeat come round,
+    503 naming the one that is stuck. 0 takes any free port and logs it. Default unset: no endpoint,
+    since several workers on one host (the dev harness, a benchmark) would clash on a fixed port."""
+
+    health_address: pydantic.IPvAnyAddress = Field(default=LOOPBACK)
+    """Address the liveness endpoint listens on (``KUBETASK_HEALTH_ADDRESS``). Default ``127.0.0.1``: a
+    process started by hand answers its own host only; the chart sets ``0.0.0.0``, since the kubelet
+    probes the pod's address."""
+
+    liveness_stall_seconds: float = Field(default=60.0, gt=0)
+    """Seconds the claim loop, the event loop or the heartbeat may go without coming round before
+    ``/healthz`` answers 503 (``KUBETASK_LIVENESS_STALL_SECONDS``). Default 60: far above their normal
+    period (the poll and heartbeat intervals), so only a stuck worker fails its probe. A claim loop
+    waiting for an unreachable PostgreSQL is not stuck: restarting the pod cannot fix that."""
+
     _split_modules = pydantic.field_validator("handler_modules", mode="before")(_comma_list)
 
     @pydantic.model_validator(mode="after")
-    def _heartbeat_within_lease(self) -> Self:
+    def _intervals_fit(self) -> Self:
         if self.heartbeat_interval_seconds >= self.lease_seconds:
             raise ValueError(
                 f"heartbeat_interval_seconds ({self.heartbeat_interval_seconds}) must be shorter than "
                 f"lease_seconds ({self.lease_seconds}), or leases expire between renewals; "
                 "a third of the lease is a good value"
+            )
+        slowest = max(self.poll_interval_seconds, self.heartbeat_interval_seconds)
+        if self.liveness_stall_seconds <= slowest:
+            raise ValueError(
+                f"KUBETASK_LIVENESS_STALL_SECONDS ({self.liveness_stall_seconds}) must be longer than the "
+                f"poll and heartbeat intervals ({slowest}), or a healthy worker fails its liveness probe "
+                "between two rounds; several times the longer of them is a good value"
             )
         return self
 

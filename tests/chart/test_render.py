@@ -450,7 +450,7 @@ def test_every_pod_serves_metrics_on_a_port_named_metrics_and_the_operator_has_a
     assert _ports(operator) == {"healthz": 8080, "metrics": 9464}
     for (worker,) in (w["spec"]["template"]["spec"]["containers"] for w in _workers(objects)):
         assert _env(worker)["KUBETASK_METRICS_PORT"]["value"] == "9464"
-        assert _ports(worker) == {"metrics": 9464}
+        assert _ports(worker) == {"health": 8081, "metrics": 9464}
     (service,) = of_kind(objects, "Service")
     assert service["metadata"]["name"] == "kubetask-operator-metrics"
     assert service["spec"]["selector"] == _operator(objects)["spec"]["selector"]["matchLabels"]
@@ -459,7 +459,8 @@ def test_every_pod_serves_metrics_on_a_port_named_metrics_and_the_operator_has_a
 
 
 def test_metrics_can_be_turned_off() -> None:
-    objects = render(*DB, "--set", "metrics.enabled=false", "--set", "operator.livenessProbe.enabled=false")
+    objects = render(*DB, "--set", "metrics.enabled=false", "--set", "operator.livenessProbe.enabled=false",
+                     "--set", "poolDefaults.livenessProbe.enabled=false")
     assert not of_kind(objects, "Service")
     for spec in pod_specs(objects).values():
         (container,) = spec["containers"]
@@ -490,6 +491,7 @@ def test_service_monitor_and_pod_monitor_scrape_the_metrics_ports() -> None:
     (("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.enabled=false"),
      "metrics.serviceMonitor.enabled=true needs metrics.enabled=true"),
     (("--set", "metrics.port=8080"), "metrics.port=8080 is also operator.livenessProbe.port"),
+    (("--set", "metrics.port=8081"), "metrics.port=8081 is also poolDefaults.livenessProbe.port"),
     (("--set", "metrics.serviceMonitor.interval=often"), "interval"),
     (("--set", "metrics.serviceMonitors.enabled=true"), "serviceMonitors"),
 ])
@@ -675,3 +677,21 @@ def test_tls_makes_the_server_refuse_plain_connections_and_kubetask_ask_for_tls(
         (volume,) = [v for v in spec["volumes"] if v["name"] == "postgresql-ca"]
         assert volume["secret"] == {"secretName": "pg-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
     assert not [v for spec in pod_specs(objects).values() for v in spec["volumes"] if v["name"] == "postgresql-ca"]
+
+
+def test_workers_are_probed_on_their_own_liveness_endpoint() -> None:
+    """The kubelet restarts a worker whose event loop, claim loop or heartbeat is stuck (worker.health)."""
+    for worker in _workers(render(*DB, "--set", "poolDefaults.livenessProbe.stallSeconds=120")):
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        env = _env(container)
+        assert env["KUBETASK_HEALTH_PORT"]["value"] == "8081"
+        assert env["KUBETASK_HEALTH_ADDRESS"]["value"] == "0.0.0.0"
+        assert env["KUBETASK_LIVENESS_STALL_SECONDS"]["value"] == "120"
+        assert {"name": "health", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+        probe = container["livenessProbe"]
+        assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
+        # Restarted after ~30 s of 503s, well past one slow answer.
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= 30 and probe["timeoutSeconds"] >= 2
+    for worker in _workers(render(*DB, "--set", "poolDefaults.livenessProbe.enabled=false")):
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        assert "livenessProbe" not in container and "KUBETASK_HEALTH_PORT" not in _env(container)

@@ -41,6 +41,18 @@ def test_worker_counts_attempts_and_times_only_those_that_ran_to_an_end() -> Non
     assert rendered(meters.registry)[("kubetask_worker_busy_slots", frozenset({("queue", "q")}))] == 5
 
 
+def test_worker_exports_its_event_loop_lag_and_stalls() -> None:
+    lag = [0.004]
+    meters = metrics.WorkerMetrics("q", slots=1, busy=lambda: 0, known_types=[], loop_lag=lambda: lag[0])
+    queue = frozenset({("queue", "q")})
+    assert rendered(meters.registry)[("kubetask_worker_event_loop_stalls_total", queue)] == 0
+    meters.loop_stalled()
+    lag[0] = 5.0
+    samples = rendered(meters.registry)
+    assert samples[("kubetask_worker_event_loop_stalls_total", queue)] == 1
+    assert samples[("kubetask_worker_event_loop_lag_seconds", queue)] == 5.0
+
+
 def test_a_type_without_a_handler_is_labelled_unknown() -> None:
     meters = metrics.WorkerMetrics("q", slots=1, busy=lambda: 0, known_types=["echo"])
     for typo in ("ecko", "ehco", "echoo"):

@@ -199,6 +199,9 @@ metadata:
 {{- if and .Values.metrics.enabled .Values.operator.livenessProbe.enabled (eq (int .Values.metrics.port) (int .Values.operator.livenessProbe.port)) -}}
 {{- fail (printf "metrics.port=%d is also operator.livenessProbe.port: the operator serves them apart; choose another port for one of them" (int .Values.metrics.port)) -}}
 {{- end -}}
+{{- if and .Values.metrics.enabled .Values.poolDefaults.livenessProbe.enabled (eq (int .Values.metrics.port) (int .Values.poolDefaults.livenessProbe.port)) -}}
+{{- fail (printf "metrics.port=%d is also poolDefaults.livenessProbe.port: a worker serves them apart; choose another port for one of them" (int .Values.metrics.port)) -}}
+{{- end -}}
 {{- $seen := dict -}}
 {{- range $index, $pool := .Values.pools -}}
 {{- if hasKey $seen $pool.name -}}

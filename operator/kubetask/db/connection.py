@@ -119,6 +119,9 @@ class Shared:
         self._conn: Conn | None = None
         self._lock = asyncio.Lock()
         self._turn = asyncio.Lock()
+        self.unavailable_since: float | None = None
+        """``time.monotonic()`` of the first failure of the outage ``run`` is riding out now; None when the
+        last operation reached the server (the worker's liveness does not blame a restartable loop for it)."""
 
     async def _connection(self) -> Conn:
         async with self._lock:
@@ -145,8 +148,12 @@ class Shared:
             try:
                 async with self._turn:
                     conn = await self._connection()
-                    return await operation(conn)
+                    result = await operation(conn)
+                self.unavailable_since = None
+                return result
             except psycopg.OperationalError as error:
+                if self.unavailable_since is None:
+                    self.unavailable_since = time.monotonic()
                 await self._discard(conn)
                 delay = delays.next()
                 if deadline is not None and time.monotonic() + delay > deadline:

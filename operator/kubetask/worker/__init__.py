@@ -19,15 +19,22 @@ Shape of one worker process (``run``):
   Each slot still waits for its own result to be recorded, and each row of a
   batch is guarded by the lease as before.
 * Each claimed task runs in a slot. Async handlers run on the event loop;
-  plain functions run in a thread pool so a blocking handler stalls neither
-  the loop nor the heartbeat. ``timeoutSeconds`` is enforced with an asyncio
-  timeout; a thread cannot be killed, so a timed-out plain-function handler's
-  thread is abandoned (its ``ctx.cancelled`` is set so a cooperative handler
-  can return) and its attempt is recorded as ``timeout`` at once.
+  plain functions run in a thread pool so a blocking handler does not stall
+  the loop. Every attempt has a time limit: ``timeoutSeconds``, capped by
+  the pool's ``max_timeout_seconds`` (``invoke``). A thread's clock starts
+  when the thread starts the handler (``threads``); a thread cannot be
+  killed, so a timed-out plain-function handler's thread is abandoned (its
+  ``ctx.cancelled`` is set so a cooperative handler can return) and its
+  attempt is recorded as ``timeout`` at once. Once the abandoned threads
+  reach the concurrency, the worker recycles itself (``recycle``).
 * A heartbeat renews the leases of the tasks this process runs every
   ``heartbeat_interval_seconds``, and learns which of them it no longer holds
   (Task deleted, or rescued after this process stalled): those are stopped
-  and their outcome is not recorded (someone else already did).
+  and their outcome is not recorded (someone else already did). It runs on
+  a second event loop in a thread of its own, with its own connection
+  (``sideloop``, ``heartbeat``), beside the loop watchdog's observer, which
+  names an async handler blocking the event loop while it does
+  (``watchdog``), and the ``/healthz`` liveness endpoint (``health``).
 * Outcomes are recorded through ``db.queue`` with the retry decision from
   ``retry``; every write is guarded by the lease, so a late result after a
   rescue changes nothing.
@@ -45,10 +52,13 @@ one whose first try may have committed is harmless. A claim whose commit was
 lost with the connection leaves tasks this process does not know about; their
 leases are never renewed and the rescuer returns them to the queue.
 
-The package: ``runner`` (the ``Worker``: claim loop, slots, heartbeat,
-drain), ``completions`` (the group commit), ``results`` (what a handler may
+The package: ``runner`` (the ``Worker``: claim loop, slots, drain),
+``invoke`` and ``threads`` (a handler call within its time limit),
+``recycle`` (when the process gives way to a fresh one), ``sideloop``,
+``heartbeat``, ``watchdog`` and ``health`` (what runs beside the handlers'
+loop), ``completions`` (the group commit), ``results`` (what a handler may
 return and the worker's own errors), ``process`` (the process: settings,
-signals, the event loop). Layering: it uses ``db``, ``handlers``, ``retry``
+signals, the event loop, exit statuses). Layering: it uses ``db``, ``handlers``, ``retry``
 and ``settings``; never Kubernetes.
 """
 

@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from kubetask import db, handlers, logs, metrics, settings
+from kubetask.worker import recycle
 from kubetask.worker.runner import Worker
 
 logger = logging.getLogger("kubetask.worker")
@@ -26,14 +27,15 @@ async def run(config: settings.WorkerSettings, database: settings.DatabaseSettin
 
 
 async def _serve(config: settings.WorkerSettings, database: settings.DatabaseSettings,
-                 registry: handlers.Registry) -> int:
+                 registry: handlers.Registry) -> tuple[int, int]:
+    """Run the worker until it stops; its exit status and how many handler threads it abandoned."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     worker = Worker(config, database, stop, registry)
     await worker.run()
-    return worker.abandoned_threads
+    return (0 if worker.recycled is None else recycle.EXIT_CODE), worker.abandoned_threads
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -54,7 +56,9 @@ def main() -> int:
 
     Returns the exit status: 0 after a graceful stop, 1 when PostgreSQL is not
     reachable within ``KUBETASK_DATABASE_WAIT_SECONDS`` of start, 2 when the
-    settings or a handler module are wrong, or the metrics port is taken.
+    settings or a handler module are wrong, or the metrics or liveness port is
+    taken, 3 when the worker recycled itself because timed-out handlers'
+    threads, which cannot be stopped, took all the room it has for them.
     """
     try:
         log_settings = settings.LogSettings.from_env()
@@ -78,12 +82,12 @@ def main() -> int:
         logger.error("%s", error)
         return 1
     try:
-        abandoned = run_loop(_serve(config, database, registry))
+        code, abandoned = run_loop(_serve(config, database, registry))
     except metrics.EndpointError as error:
         logger.error("%s", error)
         return 2
     if abandoned:
-        # Interpreter exit would wait for those threads; their tasks are already handed back.
+        # Interpreter exit would wait for those threads; their attempts are recorded or handed back already.
         logging.shutdown()
-        os._exit(0)
-    return 0
+        os._exit(code)
+    return code

@@ -6,31 +6,25 @@ See the package docstring for the shape; this module is the mechanism.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextvars
 import dataclasses
 import datetime
 import inspect
 import logging
-import os
 import random
 import secrets
 import time
 import traceback
 from typing import Any
 
-import psycopg
-
 from kubetask import db, handlers, logs, metrics, retry, settings, states, supervise
+from kubetask.worker import health, invoke, recycle, watchdog
 from kubetask.worker.completions import Completions
+from kubetask.worker.heartbeat import Heartbeat, Leases, label as _label
 from kubetask.worker.results import AttemptTimeout, OWN_ERRORS, encode_result
+from kubetask.worker.sideloop import SideLoop
+from kubetask.worker.threads import HandlerThreads
 
 logger = logging.getLogger("kubetask.worker")
-
-
-def _label(task: db.queue.ClaimedTask) -> str:
-    return f"task {task.namespace}/{task.name} (uid {task.uid}) attempt {task.attempt}"
-
 
 @dataclasses.dataclass(eq=False)
 class _Slot:
@@ -42,16 +36,6 @@ class _Slot:
     """Why the handler was stopped from outside: ``lost`` (lease gone) or ``shutdown``."""
     finished: bool = False
     """The handler is done: the slot counts as idle while its outcome is being recorded."""
-
-
-def resident_mb() -> float:
-    """This process's resident memory now (not its peak), in MiB."""
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
 class Worker:
@@ -71,13 +55,21 @@ class Worker:
         self._wake = asyncio.Event()
         self._more_work = False
         self._rng = random.Random()
-        # Threads of timed-out handlers may linger, so allow twice the slots.
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=2 * config.concurrency, thread_name_prefix="kubetask-handler")
-        self._threads: set[concurrent.futures.Future[Any]] = set()
+        self._threads = HandlerThreads(config.concurrency)
+        self.recycled: str | None = None
+        """Why this worker stopped itself and wants a fresh process (``recycle.EXIT_CODE``)."""
+        self._leases = Leases()
+        self._side = SideLoop("kubetask-heartbeat")
+        self._heartbeat = Heartbeat(database.url, self.lease_owner, config.lease_seconds,
+                                    config.heartbeat_interval_seconds, self._leases, self._lost_threadsafe)
+        self._watchdog = watchdog.LoopWatchdog(config.loop_lag_warning_seconds, self._leases,
+                                               on_stall=lambda: self.metrics.loop_stalled())
+        self._claimed_at = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics = metrics.WorkerMetrics(config.queue, config.concurrency, busy=lambda: self._busy,
-                                             known_types=registry.names())
+                                             known_types=registry.names(), loop_lag=lambda: self._watchdog.lag)
         self.metrics_endpoint: metrics.Endpoint | None = None
+        self.health_endpoint: metrics.Endpoint | None = None
 
     @property
     def _application_name(self) -> str:
@@ -86,18 +78,37 @@ class Worker:
     @property
     def abandoned_threads(self) -> int:
         """Handler threads still running after their attempt was given up (timeout or shutdown)."""
-        return sum(1 for future in self._threads if not future.done())
+        return self._threads.abandoned
 
     async def run(self) -> None:
         logger.info("worker %s serves queue %r with %d slots; handlers: %s", self.lease_owner,
                     self.config.queue, self.config.concurrency, ", ".join(self.registry.names()))
+        self._loop = asyncio.get_running_loop()
+        self._side.start()
+        try:
+            await self._serve()
+        finally:
+            self._side.stop(timeout=self.config.lease_seconds)
+        logger.info("worker %s stopped", self.lease_owner)
+
+    async def _serve(self) -> None:
+        # On the side loop: what must go on while a handler blocks this loop (see ``sideloop``).
+        self._side.submit(supervise.supervise("heartbeat", self._heartbeat.run, logger))
+        self._side.submit(self._watchdog.observe())
+        if self.config.health_port is not None:
+            liveness = health.Liveness(health.Signs(
+                claim_loop_at=lambda: self._claimed_at, claim_loop_exempt=self._claim_loop_exempt,
+                event_loop_at=lambda: self._watchdog.last_tick, heartbeat_at=lambda: self._heartbeat.beat_at),
+                self.config.liveness_stall_seconds)
+            self.health_endpoint = await asyncio.wrap_future(
+                self._side.submit(liveness.serve(self.config.health_port, host=str(self.config.health_address))))
         if self.config.metrics_port is not None:
             self.metrics_endpoint = await metrics.serve(self.metrics.registry, self.config.metrics_port,
                                                         host=str(self.config.metrics_address))
         background = [
             asyncio.create_task(supervise.supervise("listener", self._listen, logger, supervise.Delays(first=0.1)),
                                 name="kubetask-listen"),
-            asyncio.create_task(self._heartbeat(), name="kubetask-heartbeat"),
+            asyncio.create_task(self._watchdog.tick(), name="kubetask-watchdog"),
             asyncio.create_task(self._relay_stop(), name="kubetask-stop"),
         ]
         try:
@@ -113,10 +124,18 @@ class Worker:
             await asyncio.gather(*leftovers, return_exceptions=True)
             await self._completions.close()
             await self._db.close()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()
             if self.metrics_endpoint is not None:
                 await self.metrics_endpoint.close()
-        logger.info("worker %s stopped", self.lease_owner)
+            if self.health_endpoint is not None:
+                await asyncio.wrap_future(self._side.submit(self.health_endpoint.close()))
+
+    def _claim_loop_exempt(self) -> str | None:
+        if self.stop.is_set():
+            return "stopping"
+        if self._db.unavailable_since is not None:
+            return "waiting for PostgreSQL"
+        return None
 
     # ------------------------------------------------------------------ waking
 
@@ -168,6 +187,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self.stop.is_set():
+            self._claimed_at = time.monotonic()
             if self._idle() > 0:
                 try:
                     claimed, idle = await self._db.run(self._claim, "claim", patience=None)
@@ -192,6 +212,11 @@ class Worker:
         )
         slot = _Slot(task=task, ctx=ctx)
         self._slots[task.id] = slot
+        try:
+            on_loop = inspect.iscoroutinefunction(self.registry.get(task.type))
+        except handlers.UnknownHandler:
+            on_loop = False
+        self._leases.hold(task, on_loop)
         self._busy += 1
         self.metrics.picked_up(task.waited_seconds)
         slot.runner = asyncio.create_task(self._run_slot(slot), name=f"kubetask-task-{task.id}")
@@ -215,7 +240,8 @@ class Worker:
                 if slot.abandoned is not None:
                     raise asyncio.CancelledError()
                 handler = self.registry.get(task.type)
-                slot.handler = asyncio.create_task(self._invoke(handler, slot))
+                slot.handler = asyncio.create_task(self._invoke(handler, slot),
+                                                   name=f"{watchdog.HANDLER_TASK_PREFIX}{task.id}")
                 value = encode_result(await slot.handler, self.config.max_result_bytes)
             except asyncio.CancelledError:
                 if slot.abandoned is None:
@@ -233,19 +259,12 @@ class Worker:
             await self._record_success(slot, value, time.monotonic() - started)
         finally:
             del self._slots[task.id]
+            self._leases.release(task)
             self._free(slot)
             self._check_memory(task)
 
     def _check_memory(self, task: db.queue.ClaimedTask) -> None:
-        """Recycle the process once it holds more memory than allowed (a leaking handler is contained)."""
-        limit = self.config.max_memory_mb
-        if limit is None or self.stop.is_set():
-            return
-        rss = resident_mb()
-        if rss > limit:
-            logger.warning("recycling: resident memory %.0f MiB is over KUBETASK_MAX_MEMORY_MB=%d after %s; "
-                           "finishing running tasks and exiting so the pod restarts this worker",
-                           rss, limit, _label(task))
+        if not self.stop.is_set() and recycle.over_memory(self.config, _label(task)):
             self.stop.set()
 
     def _free(self, slot: _Slot) -> None:
@@ -257,30 +276,13 @@ class Worker:
                 self._wake.set()
 
     async def _invoke(self, handler: handlers.Handler, slot: _Slot) -> Any:
-        task = slot.task
-        timeout = task.timeout_seconds
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                if inspect.iscoroutinefunction(handler):
-                    return await handler(task.payload, slot.ctx)
-                context = contextvars.copy_context()
-                future = self._executor.submit(context.run, handler, task.payload, slot.ctx)
-                self._threads.add(future)
-                future.add_done_callback(self._threads.discard)
-                value = await asyncio.wrap_future(future)
-                if inspect.isawaitable(value):
-                    value = await value
-                return value
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            slot.ctx.cancelled.set()
-            raise AttemptTimeout(
-                f"the attempt ran longer than timeoutSeconds={timeout}"
-                + ("" if inspect.iscoroutinefunction(handler)
-                   else "; the handler's thread cannot be stopped and is abandoned")
-            ) from None
+        return await invoke.invoke(handler, slot.task, slot.ctx, self._threads,
+                                   invoke.time_limit(slot.task, self.config), on_abandoned=self._check_threads)
+
+    def _check_threads(self, task: db.queue.ClaimedTask) -> None:
+        if not self.stop.is_set() and recycle.threads_full(self.config, self._threads.abandoned, task, _label(task)):
+            self.recycled = "abandoned handler threads"
+            self.stop.set()
 
     def _abandon(self, slot: _Slot, why: str) -> bool:
         if slot.handler is not None and slot.handler.done():
@@ -334,24 +336,16 @@ class Worker:
 
     # --------------------------------------------------------------- heartbeat
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval_seconds)
-            held = list(self._slots)
-            if not held:
-                continue
-            try:
-                lost = await self._db.run(
-                    lambda conn: db.queue.heartbeat(conn, self.lease_owner, self.config.lease_seconds, held),
-                    "heartbeat", patience=0)
-            except psycopg.Error as error:
-                logger.warning("heartbeat failed (%s); leases of %d tasks not renewed", str(error).strip(),
-                               len(held))
-                continue
-            for task_id in lost:
-                slot = self._slots.get(task_id)
-                if slot is not None:
-                    self._abandon(slot, "lost")
+    def _lost_threadsafe(self, attempts: list[tuple[int, int]]) -> None:
+        """From the heartbeat's thread: these attempts' leases are no longer ours."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._lost, attempts)
+
+    def _lost(self, attempts: list[tuple[int, int]]) -> None:
+        for task_id, attempt in attempts:
+            slot = self._slots.get(task_id)
+            if slot is not None and slot.task.attempt == attempt:
+                self._abandon(slot, "lost")
 
     # ---------------------------------------------------------------- shutdown
 
