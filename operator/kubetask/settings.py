@@ -21,6 +21,8 @@ import psycopg.conninfo
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubetask import model
+
 ENV_PREFIX = "KUBETASK_"
 DEFAULT_SECRETS_DIR = pathlib.Path("/var/run/secrets/kubetask")
 """Where the chart mounts a pool's ``secrets``: ``<dir>/<secret name>/<key>``."""
@@ -241,6 +243,14 @@ class OperatorSettings(_EnvSettings):
 
     database: DatabaseSettings = Field(default=None, validate_default=False)  # type: ignore[assignment]
     """Where the queue lives (``DATABASE_URL``)."""
+
+    managed_by: str = Field(default=model.DEFAULT_MANAGED_BY, max_length=model.MAX_MANAGED_BY_LENGTH,
+                            pattern=model.MANAGED_BY_PATTERN)
+    """This operator's name (``KUBETASK_MANAGED_BY``): it serves only the Tasks whose ``spec.managedBy``
+    is this name, and, when it is the default ``kubetask.io/operator``, the Tasks that set none. Every
+    other Task is another controller's: not admitted, mirrored, swept or deleted. A domain-prefixed
+    path of at most 63 characters. Default ``kubetask.io/operator``; give each release sharing a
+    cluster (and namespaces) a name of its own, and its own database."""
 
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces whose Tasks and worker pools the operator serves, comma-separated

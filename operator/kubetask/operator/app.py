@@ -26,7 +26,7 @@ import psycopg
 
 from kubetask import db, kube, metrics, model, settings
 from kubetask.operator import scrape, services, watch
-from kubetask.operator.runtime import Runtime
+from kubetask.operator.runtime import Runtime, ours
 
 log = logging.getLogger("kubetask.operator")
 
@@ -96,7 +96,12 @@ def _settings() -> settings.OperatorSettings:
     return settings.OperatorSettings.from_env()
 
 
-@kopf.on.event(model.GROUP, model.VERSION, model.PLURAL)
+def _ours(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    """kopf's filter: a Task another controller owns (``spec.managedBy``) reaches no handler."""
+    return ours(memo.runtime.config, body)
+
+
+@kopf.on.event(model.GROUP, model.VERSION, model.PLURAL, when=_ours)
 async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
         await watch.on_task_event(memo.runtime, event.get("type"), dict(body))
