@@ -252,6 +252,12 @@ class OperatorSettings(_EnvSettings):
     path of at most 63 characters. Default ``kubetask.io/operator``; give each release sharing a
     cluster (and namespaces) a name of its own, and its own database."""
 
+    pod_namespace: str = Field(default="", json_schema_extra={"env": "POD_NAMESPACE"})
+    """The operator's own namespace (``POD_NAMESPACE``, from the downward API in the chart): with
+    ``managed_by`` it is the release's identity, recorded in the database it owns, so a second release
+    pointed at the same database (even one of the same name) refuses to start. Default empty (an
+    operator run by hand)."""
+
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces whose Tasks and worker pools the operator serves, comma-separated
     (``KUBETASK_NAMESPACES``). Default empty: the whole cluster."""

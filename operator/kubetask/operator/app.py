@@ -66,10 +66,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = 60
     settings.queueing.idle_timeout = 30
     settings.persistence.diffbase_storage = _NoDiffBase()
-    async with await db.connection.connect(config.database.url) as conn:
-        applied = await db.schema.migrate(conn)
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
+    try:
+        await prepare_database(config)
+    except db.release.DatabaseInUse as err:
+        raise kopf.PermanentError(str(err)) from None
     rt = Runtime(config=config, kube=kube.Kube(max_concurrency=config.api_concurrency))
     if config.metrics_port is not None:
         try:
@@ -90,6 +90,16 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         return
     await rt.close()
     log.info("stopped after %d Kubernetes API writes", rt.kube.writes)
+
+
+async def prepare_database(config: settings.OperatorSettings) -> None:
+    """Migrate the schema and claim the database for this release (``db.release.DatabaseInUse`` if another has)."""
+    async with await db.connection.connect(config.database.url) as conn:
+        applied = await db.schema.migrate(conn)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        owner = await db.release.claim(conn, config.managed_by, config.pod_namespace)
+        log.info("serving Tasks managed by %s; the database belongs to this release (%s)", config.managed_by, owner)
 
 
 def _settings() -> settings.OperatorSettings:
@@ -121,6 +131,12 @@ def main() -> int:
             config.database.url, config.database.wait_seconds,
             lambda error, delay: log.warning("waiting for PostgreSQL (%s); retrying in %.1fs", error, delay)))
     except db.connection.DatabaseUnreachable as err:
+        print(f"kubetask operator: {err}", file=sys.stderr)
+        return 1
+    try:
+        # Before kopf: a second release on this database must exit, not retry its start-up for ever.
+        asyncio.run(prepare_database(config))
+    except db.release.DatabaseInUse as err:
         print(f"kubetask operator: {err}", file=sys.stderr)
         return 1
     sys.setrecursionlimit(max(sys.getrecursionlimit(), JSON_NESTING))
