@@ -156,7 +156,7 @@ class TaskSpec(_Schema):
     """Do not start before this many seconds after admission. Exclusive with runAt."""
 
     ttl_seconds_after_finished: int | None = pydantic.Field(default=None, ge=0, le=31536000)
-    """Delete the Task object this many seconds after it finished (Succeeded, DeadLetter or Cancelled). History stays in PostgreSQL. Unset: keep it."""
+    """Delete the Task object this many seconds after it finished (Succeeded, DeadLetter or Cancelled). History stays in PostgreSQL. Unset: the operator's default (KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED, 7 days unless set; 0 there keeps it)."""
 
     managed_by: str | None = pydantic.Field(default=None, max_length=MAX_MANAGED_BY_LENGTH,
                                             pattern=MANAGED_BY_PATTERN)

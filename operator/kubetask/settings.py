@@ -301,6 +301,19 @@ class OperatorSettings(_EnvSettings):
     """Seconds between deletions of finished Tasks whose ttlSecondsAfterFinished ran out
     (``KUBETASK_CLEANER_INTERVAL_SECONDS``). Default 5."""
 
+    default_ttl_seconds_after_finished: int = Field(default=604_800, ge=0, le=31_536_000)
+    """Seconds after it finished that a Task which sets no ``ttlSecondsAfterFinished`` of its own is
+    deleted (``KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED``), so finished Task objects do not pile up
+    in etcd; the history stays in PostgreSQL (``kubetask history``). Applied at admission: Tasks
+    admitted before the setting keep what they had. Default 604800 (7 days); 0: no default, finished
+    Tasks without a TTL of their own are kept until someone deletes them (the behaviour before). A
+    Task that wants to stay sets a long TTL of its own (at most a year)."""
+
+    @property
+    def default_ttl(self) -> int | None:
+        """The TTL admission gives a Task that sets none; None: keep it."""
+        return self.default_ttl_seconds_after_finished or None
+
     history_retention_days: float | None = Field(default=None, gt=0)
     """Days a finished task's history (its row and attempts) is kept in PostgreSQL after it finished
     (``KUBETASK_HISTORY_RETENTION_DAYS``; fractions allowed, 0.5 = 12 hours). Default unset: keep it

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from conftest import create_task, get_task
 
 from kubetask import db, model, settings
-from kubetask.operator import admission, upkeep, watch
+from kubetask.operator import admission, mirror, upkeep, watch
 from kubetask.operator.runtime import Runtime, ours
 
 OURS = "test.kubetask.io/release-under-test"
@@ -91,3 +91,45 @@ async def test_the_sweep_leaves_a_pending_task_of_another_controller_alone_and_a
     await _sweep_until(rt, conn, settled, "the sweep to admit its own Task and settle the other's")
     assert await db.reads.get_task(conn, theirs["metadata"]["uid"]) is None
     assert (await get_task(rt, namespace, "theirs") or {}).get("status") is None, "not refused, not touched"
+
+
+# -- 3. the operator's default ttlSecondsAfterFinished ---------------------------------------------
+
+async def test_a_finished_task_without_a_ttl_is_deleted_after_the_default_one_with_its_own_keeps_it(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
+    rt = _as(runtime, namespace, default_ttl_seconds_after_finished=1)
+    plain = await create_task(rt, namespace, "plain", managedBy=OURS)
+    own = await create_task(rt, namespace, "own", managedBy=OURS, ttlSecondsAfterFinished=3600)
+    for body in (plain, own):
+        await watch.on_task_event(rt, "ADDED", body)
+    await admission.run_once(rt, conn)
+    ttls = {}
+    for body in (plain, own):
+        row = await db.reads.get_task(conn, body["metadata"]["uid"])
+        assert row is not None
+        cursor = await conn.execute("SELECT ttl_seconds_after_finished FROM kubetask_tasks WHERE id = %s", [row.id])
+        ttls[body["metadata"]["name"]] = (await cursor.fetchone() or (None,))[0]
+    assert ttls == {"plain": 1, "own": 3600}
+    for claimed in await db.queue.claim(conn, "default", "pod-1/aaaa", "pod-1", 10, 30):
+        assert await db.queue.complete(conn, claimed.id, "pod-1/aaaa", claimed.attempt, {"ok": True})
+    await mirror.run_once(rt, conn)
+    deadline = time.monotonic() + 15
+    while await get_task(rt, namespace, "plain") is not None:
+        assert time.monotonic() < deadline, "the default TTL (1 s) did not delete the finished Task within 15 s"
+        await upkeep.ttl_once(rt, conn)
+        await asyncio.sleep(0.2)  # the cleaner's interval, shortened: not a synchronisation
+    assert await get_task(rt, namespace, "own") is not None, "its own ttlSecondsAfterFinished (an hour) wins"
+    assert (await db.reads.get_task(conn, plain["metadata"]["uid"])) is not None, "the history stays"
+
+
+def test_a_default_ttl_of_0_keeps_finished_tasks_as_before() -> None:
+    config = settings.OperatorSettings.from_env({"DATABASE_URL": "postgresql://x@h/d",
+                                                 "KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED": "0"})
+    body = {"metadata": {"uid": "00000000-0000-0000-0000-000000000001", "namespace": "n", "name": "t"},
+            "spec": {"type": "echo"}}
+    task = admission.admissible(body, default_ttl=config.default_ttl)
+    assert isinstance(task, db.queue.NewTask) and task.ttl_seconds_after_finished is None
+    default = settings.OperatorSettings.from_env({"DATABASE_URL": "postgresql://x@h/d"})
+    assert default.default_ttl_seconds_after_finished == 7 * 86400
+    task = admission.admissible(body, default_ttl=default.default_ttl)
+    assert isinstance(task, db.queue.NewTask) and task.ttl_seconds_after_finished == 7 * 86400
