@@ -42,6 +42,13 @@ SPEC_RULES = [
         "fieldPath": ".backoff.initialSeconds",
     },
     {
+        # Also covered by the rule below; this one names the field, since changing the owner of a Task
+        # would hand it from one operator to another in mid-life.
+        "rule": "has(self.managedBy) == has(oldSelf.managedBy) && (!has(self.managedBy) || self.managedBy == oldSelf.managedBy)",
+        "message": "spec.managedBy is immutable: the controller that owns a Task cannot change; delete and re-create it",
+        "fieldPath": ".managedBy",
+    },
+    {
         "rule": "self == oldSelf",
         "message": "spec is immutable once the Task exists: delete and re-create the Task to change it",
     },

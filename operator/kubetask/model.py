@@ -30,6 +30,15 @@ SINGULAR = "task"
 SHORT_NAMES = ("kt",)
 API_VERSION = f"{GROUP}/{VERSION}"
 
+#: The controller a Task without ``spec.managedBy`` belongs to: the operator's default name
+#: (``KUBETASK_MANAGED_BY``).
+DEFAULT_MANAGED_BY = f"{GROUP}/operator"
+#: Longest ``spec.managedBy`` (as for a Job's).
+MAX_MANAGED_BY_LENGTH = 63
+#: ``spec.managedBy``: a domain-prefixed path, ``example.com/my-controller``.
+MANAGED_BY_PATTERN = (r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+                      r"/[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$")
+
 #: Annotation whose every new value re-queues a finished Task.
 RETRY_ANNOTATION = f"{GROUP}/retry"
 
@@ -147,7 +156,11 @@ class TaskSpec(_Schema):
     """Do not start before this many seconds after admission. Exclusive with runAt."""
 
     ttl_seconds_after_finished: int | None = pydantic.Field(default=None, ge=0, le=31536000)
-    """Delete the Task object this many seconds after it finished (Succeeded, DeadLetter or Cancelled). History stays in PostgreSQL. Unset: keep it."""
+    """Delete the Task object this many seconds after it finished (Succeeded, DeadLetter or Cancelled). History stays in PostgreSQL. Unset: the operator's default (KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED, 7 days unless set; 0 there keeps it)."""
+
+    managed_by: str | None = pydantic.Field(default=None, max_length=MAX_MANAGED_BY_LENGTH,
+                                            pattern=MANAGED_BY_PATTERN)
+    """The controller that runs this Task, a domain-prefixed path of at most 63 characters (e.g. `kubetask.io/team-a`): only the kubetask operator of that name (KUBETASK_MANAGED_BY) admits, mirrors, sweeps or deletes it; every other ignores it. Unset: the default operator's (`kubetask.io/operator`). Immutable."""
 
     @pydantic.model_validator(mode="after")
     def _one_schedule(self) -> "TaskSpec":

@@ -21,6 +21,8 @@ import psycopg.conninfo
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubetask import model
+
 ENV_PREFIX = "KUBETASK_"
 DEFAULT_SECRETS_DIR = pathlib.Path("/var/run/secrets/kubetask")
 """Where the chart mounts a pool's ``secrets``: ``<dir>/<secret name>/<key>``."""
@@ -242,6 +244,20 @@ class OperatorSettings(_EnvSettings):
     database: DatabaseSettings = Field(default=None, validate_default=False)  # type: ignore[assignment]
     """Where the queue lives (``DATABASE_URL``)."""
 
+    managed_by: str = Field(default=model.DEFAULT_MANAGED_BY, max_length=model.MAX_MANAGED_BY_LENGTH,
+                            pattern=model.MANAGED_BY_PATTERN)
+    """This operator's name (``KUBETASK_MANAGED_BY``): it serves only the Tasks whose ``spec.managedBy``
+    is this name, and, when it is the default ``kubetask.io/operator``, the Tasks that set none. Every
+    other Task is another controller's: not admitted, mirrored, swept or deleted. A domain-prefixed
+    path of at most 63 characters. Default ``kubetask.io/operator``; give each release sharing a
+    cluster (and namespaces) a name of its own, and its own database."""
+
+    pod_namespace: str = Field(default="", json_schema_extra={"env": "POD_NAMESPACE"})
+    """The operator's own namespace (``POD_NAMESPACE``, from the downward API in the chart): with
+    ``managed_by`` it is the release's identity, recorded in the database it owns, so a second release
+    pointed at the same database (even one of the same name) refuses to start. Default empty (an
+    operator run by hand)."""
+
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces whose Tasks and worker pools the operator serves, comma-separated
     (``KUBETASK_NAMESPACES``). Default empty: the whole cluster."""
@@ -284,6 +300,19 @@ class OperatorSettings(_EnvSettings):
     cleaner_interval_seconds: float = Field(default=5.0, gt=0)
     """Seconds between deletions of finished Tasks whose ttlSecondsAfterFinished ran out
     (``KUBETASK_CLEANER_INTERVAL_SECONDS``). Default 5."""
+
+    default_ttl_seconds_after_finished: int = Field(default=604_800, ge=0, le=31_536_000)
+    """Seconds after it finished that a Task which sets no ``ttlSecondsAfterFinished`` of its own is
+    deleted (``KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED``), so finished Task objects do not pile up
+    in etcd; the history stays in PostgreSQL (``kubetask history``). Applied at admission: Tasks
+    admitted before the setting keep what they had. Default 604800 (7 days); 0: no default, finished
+    Tasks without a TTL of their own are kept until someone deletes them (the behaviour before). A
+    Task that wants to stay sets a long TTL of its own (at most a year)."""
+
+    @property
+    def default_ttl(self) -> int | None:
+        """The TTL admission gives a Task that sets none; None: keep it."""
+        return self.default_ttl_seconds_after_finished or None
 
     history_retention_days: float | None = Field(default=None, gt=0)
     """Days a finished task's history (its row and attempts) is kept in PostgreSQL after it finished

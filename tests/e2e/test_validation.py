@@ -75,6 +75,13 @@ CASES = [
     ("name over 253 characters", _meta(name="n" * 254), "metadata.name"),
     ("name with capitals", _meta(name="Bad"), "metadata.name"),
     ("label value over 63 characters", _meta(labels={"team": "x" * 64}), "metadata.labels"),
+    ("managedBy without a domain prefix", _with(managedBy="operator"), "spec.managedBy"),
+    ("managedBy with an empty path", _with(managedBy="kubetask.io/"), "spec.managedBy"),
+    ("managedBy with capitals in the domain", _with(managedBy="Kubetask.IO/operator"), "spec.managedBy"),
+    ("managedBy with spaces", _with(managedBy="kubetask.io/my operator"), "spec.managedBy"),
+    ("managedBy over 63 characters", _with(managedBy="kubetask.io/" + "x" * 52), "spec.managedBy"),
+    ("managedBy empty", _with(managedBy=""), "spec.managedBy"),
+    ("managedBy a number", _with(managedBy=7), "spec.managedBy"),
 ]
 
 
@@ -87,6 +94,25 @@ def test_bad_manifest_is_refused_naming_the_field(e2e: Stack, namespace: str, ma
     assert result.returncode != 0, f"accepted: {body}"
     assert message in result.stderr, result.stderr
     assert e2e.plane.kubectl("get", "task", "bad", "-n", namespace, check=False).returncode != 0
+
+
+def test_managed_by_at_its_limit_is_accepted_and_cannot_change_or_go(e2e: Stack, namespace: str) -> None:
+    """Another controller's name (63 characters): the e2e operator leaves the Task alone, and nobody may
+    hand it to a different controller, or to the default one by removing the field."""
+    body = _with(managedBy="example.com/" + "x" * 51)
+    body["metadata"]["namespace"] = namespace
+    e2e.plane.kubectl("apply", "-f", "-", input=json.dumps(body))
+    for patch in ({"spec": {"managedBy": "example.com/other"}}, {"spec": {"managedBy": None}}):
+        result = e2e.plane.kubectl("patch", "task", "bad", "-n", namespace, "--type=merge", "-p", json.dumps(patch),
+                                   check=False)
+        assert result.returncode != 0, f"accepted: {patch}"
+        assert "spec.managedBy is immutable" in result.stderr, result.stderr
+    added = copy.deepcopy(BASE)
+    added["metadata"].update(name="unowned", namespace=namespace)
+    e2e.plane.kubectl("apply", "-f", "-", input=json.dumps(added))
+    result = e2e.plane.kubectl("patch", "task", "unowned", "-n", namespace, "--type=merge",
+                               "-p", json.dumps({"spec": {"managedBy": "example.com/other"}}), check=False)
+    assert result.returncode != 0 and "spec.managedBy is immutable" in result.stderr, result.stderr
 
 
 def test_names_labels_and_queue_at_their_limits_are_accepted(e2e: Stack, namespace: str) -> None:

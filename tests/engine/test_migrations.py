@@ -9,7 +9,7 @@ import pytest
 
 from kubetask import db, states
 
-MIGRATIONS = ["0001_initial", "0002_history_retention"]
+MIGRATIONS = ["0001_initial", "0002_history_retention", "0003_release"]
 
 SCHEMA = """
 SELECT table_name, column_name, data_type, is_nullable, column_default

@@ -13,6 +13,7 @@ statement under a named, described header, loaded once by ``db.sql``):
                 and apply; the decision is the operator's), TTL deletions,
                 orphans, history retention.
 ``reads``       counts and rows for the scaler, the metrics and the CLI.
+``release``     the one release a database serves (a second one is refused).
 
 Each function here is one state change, and nearly every one is a single
 statement (data-modifying CTEs), so it is one round trip and, on an autocommit
@@ -35,6 +36,6 @@ and the first migration):
 Layering: nothing here imports the operator, the worker or Kubernetes.
 """
 
-from kubetask.db import connection, outbox, queue, reads, schema, upkeep
+from kubetask.db import connection, outbox, queue, reads, release, schema, upkeep
 
-__all__ = ["connection", "outbox", "queue", "reads", "schema", "upkeep"]
+__all__ = ["connection", "outbox", "queue", "reads", "release", "schema", "upkeep"]

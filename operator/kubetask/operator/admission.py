@@ -40,8 +40,12 @@ class Refusal:
     reason: str
 
 
-def admissible(raw: dict[str, Any]) -> db.queue.NewTask | Refusal:
-    """The row to insert for a new Task object, or why it cannot be admitted."""
+def admissible(raw: dict[str, Any], default_ttl: int | None = None) -> db.queue.NewTask | Refusal:
+    """The row to insert for a new Task object, or why it cannot be admitted.
+
+    ``default_ttl`` (``KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED``) is the ``ttlSecondsAfterFinished``
+    of a Task that sets none; None keeps such a Task's object once it finished.
+    """
     meta = raw["metadata"]
     spec_raw = raw.get("spec") or {}
     payload = spec_raw.get("payload") or {}
@@ -79,7 +83,8 @@ def admissible(raw: dict[str, Any]) -> db.queue.NewTask | Refusal:
         backoff_initial_seconds=spec.backoff.initial_seconds, backoff_factor=spec.backoff.factor,
         backoff_max_seconds=spec.backoff.max_seconds, backoff_jitter=spec.backoff.jitter,
         timeout_seconds=spec.timeout_seconds, run_at=run_at,
-        ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
+        ttl_seconds_after_finished=(spec.ttl_seconds_after_finished if spec.ttl_seconds_after_finished is not None
+                                    else default_ttl),
     )
 
 
@@ -104,7 +109,7 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
     new: dict[str, db.queue.NewTask] = {}
     refused: list[tuple[dict[str, Any], str]] = []
     for raw in batch:
-        decision = admissible(raw)
+        decision = admissible(raw, rt.config.default_ttl)
         if isinstance(decision, Refusal):
             refused.append((raw, decision.reason))
         else:

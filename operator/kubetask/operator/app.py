@@ -26,7 +26,7 @@ import psycopg
 
 from kubetask import db, kube, metrics, model, settings
 from kubetask.operator import scrape, services, watch
-from kubetask.operator.runtime import Runtime
+from kubetask.operator.runtime import Runtime, ours
 
 log = logging.getLogger("kubetask.operator")
 
@@ -66,10 +66,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = 60
     settings.queueing.idle_timeout = 30
     settings.persistence.diffbase_storage = _NoDiffBase()
-    async with await db.connection.connect(config.database.url) as conn:
-        applied = await db.schema.migrate(conn)
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied))
+    try:
+        await prepare_database(config)
+    except db.release.DatabaseInUse as err:
+        raise kopf.PermanentError(str(err)) from None
     rt = Runtime(config=config, kube=kube.Kube(max_concurrency=config.api_concurrency))
     if config.metrics_port is not None:
         try:
@@ -92,11 +92,26 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     log.info("stopped after %d Kubernetes API writes", rt.kube.writes)
 
 
+async def prepare_database(config: settings.OperatorSettings) -> None:
+    """Migrate the schema and claim the database for this release (``db.release.DatabaseInUse`` if another has)."""
+    async with await db.connection.connect(config.database.url) as conn:
+        applied = await db.schema.migrate(conn)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        owner = await db.release.claim(conn, config.managed_by, config.pod_namespace)
+        log.info("serving Tasks managed by %s; the database belongs to this release (%s)", config.managed_by, owner)
+
+
 def _settings() -> settings.OperatorSettings:
     return settings.OperatorSettings.from_env()
 
 
-@kopf.on.event(model.GROUP, model.VERSION, model.PLURAL)
+def _ours(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    """kopf's filter: a Task another controller owns (``spec.managedBy``) reaches no handler."""
+    return ours(memo.runtime.config, body)
+
+
+@kopf.on.event(model.GROUP, model.VERSION, model.PLURAL, when=_ours)
 async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
         await watch.on_task_event(memo.runtime, event.get("type"), dict(body))
@@ -116,6 +131,12 @@ def main() -> int:
             config.database.url, config.database.wait_seconds,
             lambda error, delay: log.warning("waiting for PostgreSQL (%s); retrying in %.1fs", error, delay)))
     except db.connection.DatabaseUnreachable as err:
+        print(f"kubetask operator: {err}", file=sys.stderr)
+        return 1
+    try:
+        # Before kopf: a second release on this database must exit, not retry its start-up for ever.
+        asyncio.run(prepare_database(config))
+    except db.release.DatabaseInUse as err:
         print(f"kubetask operator: {err}", file=sys.stderr)
         return 1
     sys.setrecursionlimit(max(sys.getrecursionlimit(), JSON_NESTING))

@@ -9,10 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from kubetask import db, kube, metrics, scaling, settings
+from kubetask import db, kube, metrics, model, scaling, settings
+
+
+def ours(config: settings.OperatorSettings, raw: Mapping[str, Any]) -> bool:
+    """Whether this operator serves the Task: its ``spec.managedBy`` is our name (unset: the default's).
+
+    kopf's ``when=`` filter (``app``) asks it before any handler runs, ``watch`` again, and the orphan
+    sweep of every body it fetches: a Task another controller owns is never admitted, cancelled,
+    retried, mirrored or deleted here (its row could only come from us, and it never gets one).
+    """
+    spec = raw.get("spec") or {}
+    owner = spec.get("managedBy") if isinstance(spec, Mapping) else None
+    return (owner or model.DEFAULT_MANAGED_BY) == config.managed_by
 
 
 @dataclasses.dataclass

@@ -32,7 +32,7 @@ import random
 import time
 
 from kubetask import db, kube, logs, model, retry, states, status
-from kubetask.operator.runtime import Runtime
+from kubetask.operator.runtime import Runtime, ours
 
 log = logging.getLogger("kubetask.operator")
 
@@ -118,6 +118,9 @@ async def _unrowed(rt: Runtime, conn: db.connection.Conn, live: dict[str, kube.T
         ref = live[uid]
         body = await rt.kube.task(ref.namespace, ref.name)
         if body is None or body["metadata"]["uid"] != uid:
+            continue
+        if not ours(rt.config, body):
+            memory.settled.add(uid)  # another controller's (spec.managedBy): never fetched again
             continue
         seen = body.get("status") or {}
         phase = seen.get("phase")

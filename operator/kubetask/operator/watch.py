@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from kubetask import db, logs, model
-from kubetask.operator.runtime import Runtime
+from kubetask.operator.runtime import Runtime, ours
 
 log = logging.getLogger("kubetask.operator")
 
@@ -20,7 +20,7 @@ log = logging.getLogger("kubetask.operator")
 async def on_task_event(rt: Runtime, event_type: str | None, raw: dict[str, Any]) -> None:
     meta = raw.get("metadata", {})
     uid = meta.get("uid")
-    if not uid:
+    if not uid or not ours(rt.config, raw):
         return
     phase = (raw.get("status") or {}).get("phase")
     if event_type == "DELETED":
