@@ -129,3 +129,137 @@ def test_state_names_match_the_check_constraints() -> None:
     assert task_states and outcomes
     assert set(re.findall(r"'(\w+)'", task_states.group(1))) == {str(s) for s in states.TaskState}
     assert set(re.findall(r"'(\w+)'", outcomes.group(1))) == {str(o) for o in states.Outcome}
+
+
+# -- migrations outside a transaction -------------------------------------------------------------
+
+CONCURRENT = ("0900_test_concurrent_index",
+              "-- kubetask: no-transaction\n-- a test migration\n"
+              "CREATE INDEX CONCURRENTLY IF NOT EXISTS kubetask_test_by_name ON kubetask_tasks (name);\n")
+PLAIN = ("0900_test_plain_index", "CREATE INDEX kubetask_test_by_name ON kubetask_tasks (name);\n")
+
+INDEX_VALID = """
+SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'kubetask_test_by_name'
+"""
+
+
+async def backend(conn: db.connection.Conn, pid: int) -> tuple[str | None, str | None, str]:
+    cursor = await conn.execute("SELECT wait_event_type, wait_event, query FROM pg_stat_activity WHERE pid = %s",
+                                [pid])
+    row = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+async def running_task_and_a_writer(conn: db.connection.Conn, new_task, connect):
+    """Rows in kubetask_tasks, one of them leased to p/1; and a connection to hold a write open with."""
+    await db.queue.admit(conn, [new_task() for _ in range(50)])
+    [task] = await db.queue.claim(conn, "default", "p/1", "p", 1, 30)
+    cursor = await conn.execute("SELECT id FROM kubetask_tasks WHERE id <> %s LIMIT 1", [task.id])
+    (other,) = await cursor.fetchone()
+    return task, other, await connect()
+
+
+async def heartbeat(connect, task, lock_timeout: str) -> list[int]:
+    worker = await connect()
+    await worker.execute(f"SET lock_timeout = '{lock_timeout}'")
+    return await asyncio.wait_for(db.queue.heartbeat(worker, "p/1", 30, [task.id]), 10)
+
+
+async def start_migration(conn, connect, wait_until, migration, waiting_for: str):
+    """migrate() with ``migration`` on a connection of its own, once its index build waits on a lock."""
+    migrator = await connect()
+    migrating = asyncio.create_task(db.schema.migrate(migrator, [*db.sql.migrations(), migration]))
+
+    async def waiting():
+        if migrating.done():
+            return await migrating  # fail with its error rather than time out
+        event_type, event, query = await backend(conn, migrator.info.backend_pid)
+        return event_type == "Lock" and event == waiting_for and "CREATE INDEX" in query
+
+    await wait_until(waiting, timeout=15, what=f"the index build to wait for {waiting_for}")
+    return migrator, migrating
+
+
+async def test_a_concurrent_index_build_lets_heartbeats_through(conn, new_task, connect, wait_until) -> None:
+    """A no-transaction migration's CREATE INDEX CONCURRENTLY blocks no writes while it builds.
+
+    A write transaction held open keeps the build in progress (it waits for
+    every transaction writing the table to end), so the heartbeat runs while
+    the index is being built, not before or after.
+    """
+    task, other, writer = await running_task_and_a_writer(conn, new_task, connect)
+    async with writer.transaction():
+        await writer.execute("UPDATE kubetask_tasks SET priority = priority WHERE id = %s", [other])
+        _, migrating = await start_migration(conn, connect, wait_until, CONCURRENT, "virtualxid")
+        cursor = await conn.execute(INDEX_VALID)
+        assert await cursor.fetchall() == [(False,)]  # being built
+        assert await heartbeat(connect, task, "5s") == []
+    assert await asyncio.wait_for(migrating, 30) == [CONCURRENT[0]]
+    cursor = await conn.execute(INDEX_VALID)
+    assert await cursor.fetchall() == [(True,)]
+    cursor = await conn.execute("SELECT lease_owner FROM kubetask_tasks WHERE id = %s", [task.id])
+    assert await cursor.fetchone() == ("p/1",)
+
+
+async def test_a_plain_index_build_in_a_transaction_blocks_heartbeats(conn, new_task, connect, wait_until) -> None:
+    """What the concurrent build avoids: a plain CREATE INDEX queues for a SHARE lock, and writers queue behind it."""
+    task, other, writer = await running_task_and_a_writer(conn, new_task, connect)
+    async with writer.transaction():
+        await writer.execute("UPDATE kubetask_tasks SET priority = priority WHERE id = %s", [other])
+        _, migrating = await start_migration(conn, connect, wait_until, PLAIN, "relation")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            await heartbeat(connect, task, "200ms")
+    assert await asyncio.wait_for(migrating, 30) == [PLAIN[0]]
+
+
+async def test_an_interrupted_concurrent_build_leaves_an_invalid_index_that_the_next_run_rebuilds(
+        conn, new_task, connect, wait_until) -> None:
+    task, other, writer = await running_task_and_a_writer(conn, new_task, connect)
+    async with writer.transaction():
+        await writer.execute("UPDATE kubetask_tasks SET priority = priority WHERE id = %s", [other])
+        migrator, migrating = await start_migration(conn, connect, wait_until, CONCURRENT, "virtualxid")
+        await conn.execute("SELECT pg_terminate_backend(%s)", [migrator.info.backend_pid])  # the operator dies
+        with pytest.raises(psycopg.OperationalError):
+            await asyncio.wait_for(migrating, 10)
+    cursor = await conn.execute(INDEX_VALID)
+    assert await cursor.fetchall() == [(False,)]
+    cursor = await conn.execute("SELECT count(*) FROM kubetask_schema_version WHERE name = %s", [CONCURRENT[0]])
+    assert await cursor.fetchone() == (0,)
+
+    rerun = await connect()
+    assert await asyncio.wait_for(db.schema.migrate(rerun, [*db.sql.migrations(), CONCURRENT]), 30) == [CONCURRENT[0]]
+    cursor = await conn.execute(INDEX_VALID)
+    assert await cursor.fetchall() == [(True,)]
+    cursor = await conn.execute("SELECT count(*) FROM kubetask_schema_version WHERE name = %s", [CONCURRENT[0]])
+    assert await cursor.fetchone() == (1,)
+
+
+async def test_a_second_migrator_waits_for_a_concurrent_build_without_deadlocking_it(
+        conn, new_task, connect, wait_until) -> None:
+    """The second operator to start waits for the lock without holding a snapshot the build would wait for."""
+    task, other, writer = await running_task_and_a_writer(conn, new_task, connect)
+    async with writer.transaction():
+        await writer.execute("UPDATE kubetask_tasks SET priority = priority WHERE id = %s", [other])
+        _, first = await start_migration(conn, connect, wait_until, CONCURRENT, "virtualxid")
+        second_conn = await connect()
+        second = asyncio.create_task(db.schema.migrate(second_conn, [*db.sql.migrations(), CONCURRENT]))
+
+        async def second_is_waiting() -> bool:
+            _, _, query = await backend(conn, second_conn.info.backend_pid)
+            return "advisory" in query and not second.done()
+
+        await wait_until(second_is_waiting, timeout=15, what="the second migrator to wait for the lock")
+    results = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert sorted(results) == [[], [CONCURRENT[0]]]
+    cursor = await conn.execute(INDEX_VALID)
+    assert await cursor.fetchall() == [(True,)]
+
+
+async def test_a_migration_needs_an_autocommit_connection(empty_dsn: str) -> None:
+    conn = await psycopg.AsyncConnection.connect(empty_dsn)
+    try:
+        with pytest.raises(ValueError, match="autocommit"):
+            await db.schema.migrate(conn)
+    finally:
+        await conn.close()
