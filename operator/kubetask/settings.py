@@ -282,6 +282,12 @@ class OperatorSettings(_EnvSettings):
     """Seconds to wait for more new Tasks before inserting a batch (``KUBETASK_ADMIT_BATCH_WINDOW_SECONDS``).
     Default 5 ms: a burst goes in a few round trips, a single Task is barely delayed."""
 
+    admission_queue_size: int = Field(default=10_000, ge=1)
+    """Most new Task bodies the operator holds in memory waiting for admission
+    (``KUBETASK_ADMISSION_QUEUE_SIZE``). Past it only a reference to each is kept and its body read
+    again when its turn comes, so a burst of large Tasks cannot exhaust the operator's memory and none
+    is lost. Default 10000."""
+
     mirror_batch_size: int = Field(default=500, ge=1)
     """Most rows mirrored into Task statuses per round (``KUBETASK_MIRROR_BATCH_SIZE``). Default 500."""
 

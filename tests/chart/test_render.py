@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetask import model, settings
 from tests.chart.conftest import CHART, DB, helm, of_kind, pod_specs, render, render_error
 from tests.conftest import ROOT
 
@@ -410,6 +411,37 @@ def test_history_retention_is_off_unless_set_and_rendered_for_the_operator() -> 
     assert env["KUBETASK_HISTORY_RETENTION_DAYS"]["value"] == "0.5"
     for (container,) in (w["spec"]["template"]["spec"]["containers"] for w in _workers(objects)):
         assert not any(name.startswith("KUBETASK_HISTORY") for name in _env(container)), "the operator's job"
+
+
+def test_the_operators_owner_name_default_ttl_and_admission_queue_are_values_with_the_products_defaults() -> None:
+    env = _env(_operator(render(*DB))["spec"]["template"]["spec"]["containers"][0])
+    defaults = settings.OperatorSettings.model_fields
+    assert env["KUBETASK_MANAGED_BY"]["value"] == defaults["managed_by"].default == model.DEFAULT_MANAGED_BY
+    assert env["KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED"]["value"] == str(
+        defaults["default_ttl_seconds_after_finished"].default)
+    assert env["KUBETASK_ADMISSION_QUEUE_SIZE"]["value"] == str(defaults["admission_queue_size"].default)
+    env = _env(_operator(render(*DB, "--set", "operator.managedBy=team-a.example.com/kubetask",
+                                "--set", "operator.defaultTtlSecondsAfterFinished=0",
+                                "--set", "operator.admissionQueueSize=2000"))["spec"]["template"]["spec"]["containers"][0])
+    assert (env["KUBETASK_MANAGED_BY"]["value"], env["KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED"]["value"],
+            env["KUBETASK_ADMISSION_QUEUE_SIZE"]["value"]) == ("team-a.example.com/kubetask", "0", "2000")
+
+
+def test_the_values_schema_checks_managed_by_with_the_crds_own_pattern() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["operator"]["properties"]["managedBy"]["pattern"] == model.MANAGED_BY_PATTERN, \
+        "copy kubetask.model.MANAGED_BY_PATTERN into charts/kubetask/values.schema.json"
+
+
+@pytest.mark.parametrize(("setting", "key"), [
+    ("operator.managedBy=no-slash", "managedBy"),
+    ("operator.managedBy=Upper.Example/x", "managedBy"),
+    ("operator.defaultTtlSecondsAfterFinished=-1", "defaultTtlSecondsAfterFinished"),
+    ("operator.admissionQueueSize=0", "admissionQueueSize"),
+])
+def test_bad_owner_ttl_or_queue_values_fail_naming_the_key(setting: str, key: str) -> None:
+    error = render_error(*DB, "--set", setting)
+    assert key in error, error
 
 
 @pytest.mark.parametrize(("setting", "key"), [

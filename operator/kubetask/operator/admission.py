@@ -119,7 +119,7 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
             rt.meters.admitted.inc(await db.queue.admit(conn, list(new.values())))
     except psycopg.OperationalError:
         for raw in batch:
-            rt.admissions.put_nowait(raw)
+            rt.admissions.offer(raw)
         raise  # the connection is gone: reconnect and try the whole batch again
     except Exception as err:
         # A row PostgreSQL refuses must not block the Tasks batched with it:
@@ -132,7 +132,7 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
                 rt.meters.admitted.inc(await db.queue.admit(conn, [task]))
             except psycopg.OperationalError:
                 for rest, _ in pending[index:]:
-                    rt.admissions.put_nowait(raws[rest])
+                    rt.admissions.offer(raws[rest])
                 raise
             except Exception as single:
                 refused.append((raws[uid], f"PostgreSQL refused the Task: {type(single).__name__}: {single}"))

@@ -8,6 +8,7 @@ service; a test builds its own and calls a service's ``run_once`` directly.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -53,14 +54,82 @@ class Unrowed:
     """Refused Tasks, and when (``time.time``) their object is deleted."""
 
 
+class Admissions:
+    """New Task bodies waiting for the admission service, bounded in memory.
+
+    Up to ``size`` whole bodies are held (a body may be ~1.5 MiB: a burst of large Tasks must not grow the
+    operator without bound); past that only a reference is kept (namespace, name, uid: ~200 bytes) and the
+    body is read again from the API server when its turn comes, so nothing offered is lost. A Task already
+    waiting is not queued twice (a relist, or a MODIFIED event before admission, offers it again).
+    """
+
+    def __init__(self, size: int, fetch: Callable[[str, str], Awaitable[dict[str, Any] | None]]) -> None:
+        self.size = size
+        self._fetch = fetch
+        self._bodies: collections.deque[dict[str, Any]] = collections.deque()
+        self._refs: collections.deque[tuple[str, str, str]] = collections.deque()
+        self._waiting: set[str] = set()
+        self._ready = asyncio.Event()
+
+    def offer(self, raw: dict[str, Any]) -> None:
+        """Queue a Task body for admission (never blocks, never drops)."""
+        meta = raw["metadata"]
+        uid = meta["uid"]
+        if uid in self._waiting:
+            return
+        self._waiting.add(uid)
+        if len(self._bodies) < self.size:
+            self._bodies.append(raw)
+        else:
+            self._refs.append((meta["namespace"], meta["name"], uid))
+        self._ready.set()
+
+    def qsize(self) -> int:
+        return len(self._bodies) + len(self._refs)
+
+    def empty(self) -> bool:
+        return not self._bodies and not self._refs
+
+    def bodies_held(self) -> int:
+        """Whole bodies in memory (at most ``size``); the rest are references."""
+        return len(self._bodies)
+
+    def get_nowait(self) -> dict[str, Any]:
+        """The next held body (raises ``asyncio.QueueEmpty`` when none is held in memory)."""
+        if not self._bodies:
+            raise asyncio.QueueEmpty
+        raw = self._bodies.popleft()
+        self._waiting.discard(raw["metadata"]["uid"])
+        return raw
+
+    async def get(self) -> dict[str, Any]:
+        """The next Task body: a held one, else one read again from a reference (skipping Tasks gone since)."""
+        while True:
+            if self._bodies:
+                return self.get_nowait()
+            if self._refs:
+                namespace, name, uid = self._refs.popleft()
+                try:
+                    raw = await self._fetch(namespace, name)
+                except BaseException:
+                    self._refs.appendleft((namespace, name, uid))  # the API server is away: try again later
+                    raise
+                self._waiting.discard(uid)
+                if raw is not None and raw["metadata"]["uid"] == uid:
+                    return raw
+                continue  # deleted (its delete event left a tombstone), or re-created: its own event offers it
+            self._ready.clear()
+            await self._ready.wait()
+
+
 @dataclasses.dataclass
 class Runtime:
     """Everything the services share."""
 
     config: settings.OperatorSettings
     kube: kube.Kube
-    admissions: asyncio.Queue[dict[str, Any]] = dataclasses.field(default_factory=asyncio.Queue)
-    """New Task bodies from the watch, waiting for the admission service."""
+    admissions: Admissions = dataclasses.field(init=False)
+    """New Task bodies from the watch and the orphan sweep, waiting for the admission service."""
     mirror_wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     scale_wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     pools: dict[tuple[str, str], Pool] = dataclasses.field(default_factory=dict)
@@ -82,6 +151,7 @@ class Runtime:
     metrics_endpoint: metrics.Endpoint | None = None
 
     def __post_init__(self) -> None:
+        self.admissions = Admissions(self.config.admission_queue_size, self.kube.task)
         self.events_db = db.connection.Shared(self.config.database.url, "kubetask-operator events")
         self.metrics_db = db.connection.Shared(self.config.database.url, "kubetask-operator metrics")
         self.meters = metrics.OperatorMetrics(leading=lambda: self.leading, pools=self.pool_facts,

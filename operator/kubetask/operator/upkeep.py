@@ -126,14 +126,14 @@ async def _unrowed(rt: Runtime, conn: db.connection.Conn, live: dict[str, kube.T
         phase = seen.get("phase")
         about = logs.about(ref.namespace, ref.name, uid)
         if phase in (None, model.Phase.PENDING.value):
-            rt.admissions.put_nowait(body)
+            rt.admissions.offer(body)
         elif phase in ADMITTED_PHASES:
             message = (f"PostgreSQL has no row for this Task although its status says {phase}: the database "
                        "lost its data (restored from a backup, failed over without it, or a bundled PostgreSQL "
                        "restarted without its volume); admitted again, it runs from its first attempt")
             log.warning("Task %s/%s: %s", ref.namespace, ref.name, message, extra=about)
             rt.in_background(rt.kube.post_event(ref.namespace, ref.name, uid, "Readmitted", message, warning=True))
-            rt.admissions.put_nowait(body)
+            rt.admissions.offer(body)
         elif (seen.get("lastError") or {}).get("type") == status.REFUSED:
             finished = seen.get("finishedAt")
             refused_at = (datetime.datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()

@@ -35,7 +35,7 @@ async def on_task_event(rt: Runtime, event_type: str | None, raw: dict[str, Any]
             await rt.events_db.run(lambda conn: db.queue.cancel(conn, uid), "cancelling a deleted Task", patience=30)
         return
     if phase in (None, model.Phase.PENDING.value):
-        rt.admissions.put_nowait(raw)
+        rt.admissions.offer(raw)
         return
     token = (meta.get("annotations") or {}).get(model.RETRY_ANNOTATION)
     if token and phase in (model.Phase.DEAD_LETTER.value, model.Phase.SUCCEEDED.value):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 
 from conftest import create_task, events_of, get_task
+from kubetask_dev import controlplane
 
-from kubetask import db, model
+from kubetask import db, kube, model, settings
 from kubetask.operator import admission
 from kubetask.operator.runtime import Runtime
 
@@ -40,8 +41,8 @@ async def test_run_once_admits_the_good_and_refuses_the_bad_of_one_batch(
     good = await create_task(runtime, namespace, "good")
     oversized = await create_task(runtime, namespace, "oversized",
                                   payload={"blob": "x" * (model.MAX_PAYLOAD_BYTES + 10)})
-    runtime.admissions.put_nowait(good)
-    runtime.admissions.put_nowait(oversized)
+    runtime.admissions.offer(good)
+    runtime.admissions.offer(oversized)
     assert await admission.run_once(runtime, conn)
     row = await db.reads.get_task(conn, good["metadata"]["uid"])
     assert row is not None and row.state == "queued"
@@ -50,3 +51,27 @@ async def test_run_once_admits_the_good_and_refuses_the_bad_of_one_batch(
     assert refused is not None and refused["status"]["phase"] == "DeadLetter"
     assert "over the" in refused["status"]["lastError"]["message"]
     assert any(e["reason"] == "Refused" for e in await events_of(runtime, namespace, "oversized"))
+
+
+async def test_a_burst_past_the_admission_queue_keeps_references_and_loses_nothing(
+        dsn: str, crd_plane: controlplane.ControlPlane, conn: db.connection.Conn, namespace: str) -> None:
+    config = settings.OperatorSettings.from_env({"DATABASE_URL": dsn, "KUBETASK_ADMISSION_QUEUE_SIZE": "2"})
+    rt = Runtime(config=config, kube=kube.Kube(kubeconfig=str(crd_plane.kubeconfig)))
+    try:
+        bodies = [await create_task(rt, namespace, f"burst-{i}") for i in range(5)]
+        for body in [*bodies, bodies[0], bodies[4]]:
+            rt.admissions.offer(body)
+        assert (rt.admissions.bodies_held(), rt.admissions.qsize()) == (2, 5), \
+            "past its size the queue holds references, not bodies, and a Task offered twice waits once"
+        gone = bodies[3]["metadata"]
+        await rt.kube.delete_task(namespace, gone["name"], gone["uid"])
+        while not rt.admissions.empty():
+            assert await admission.run_once(rt, conn)
+        for body in bodies:
+            row = await db.reads.get_task(conn, body["metadata"]["uid"])
+            if body["metadata"]["uid"] == gone["uid"]:
+                assert row is None, "a Task deleted while only its reference waited is not admitted"
+            else:
+                assert row is not None and row.state == "queued", body["metadata"]["name"]
+    finally:
+        await rt.close()
