@@ -22,6 +22,9 @@ RETENTION_ENV = {
     "KUBETASK_HISTORY_RETENTION_DAYS": "1",
     "KUBETASK_HISTORY_RETENTION_INTERVAL_SECONDS": "1",
     "KUBETASK_LOG_FORMAT": "json",
+    # Tasks that keep their object once finished: the retention waits for a TTL's deletion, and the
+    # default TTL (7 days) would hold these rows that long.
+    "KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED": "0",
 }
 
 
