@@ -16,7 +16,6 @@ why, and is never retried.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import json
@@ -96,10 +95,10 @@ async def _batch(rt: Runtime) -> list[dict[str, Any]]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        try:
-            batch.append(await asyncio.wait_for(rt.admissions.get(), remaining))
-        except asyncio.TimeoutError:
+        raw = await rt.admissions.get_within(remaining)
+        if raw is None:
             break
+        batch.append(raw)
     return batch
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -105,6 +106,18 @@ class Admissions:
     async def get(self) -> dict[str, Any]:
         """The next Task body: a held one, else one read again from a reference (skipping Tasks gone since)."""
         while True:
+            raw = await self.get_within(None)
+            if raw is not None:
+                return raw
+
+    async def get_within(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next Task body if one is offered within ``timeout`` seconds (None: wait for ever), else None.
+
+        Only the wait is timed, never a body's fetch: a GET cut off halfway would leave its connection
+        half read (and the reference would only be fetched again).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
             if self._bodies:
                 return self.get_nowait()
             if self._refs:
@@ -119,7 +132,16 @@ class Admissions:
                     return raw
                 continue  # deleted (its delete event left a tombstone), or re-created: its own event offers it
             self._ready.clear()
-            await self._ready.wait()
+            if deadline is None:
+                await self._ready.wait()
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._ready.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
 
 
 @dataclasses.dataclass
