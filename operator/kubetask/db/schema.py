@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import psycopg.sql
 
 from kubetask import supervise
-from kubetask.db import sql
+from kubetask.db import roles, sql
 from kubetask.db.connection import Conn
 
 QUERIES = sql.load("schema")
@@ -81,6 +81,8 @@ async def migrate(conn: Conn, migrations: Sequence[tuple[str, str]] | None = Non
                   lock_delays: supervise.Delays | None = None) -> list[str]:
     """Apply pending migrations in order, under the migration lock; return their names.
 
+    Then, still under the lock, the worker's and reader's privileges are granted
+    (``roles.ensure``), so they follow every migration.
     ``conn`` must be in autocommit mode (``connection.connect``).
     ``migrations``: (name, text) pairs, ``sql.migrations()`` by default.
     """
@@ -103,6 +105,7 @@ async def migrate(conn: Conn, migrations: Sequence[tuple[str, str]] | None = Non
                     await conn.execute(sql.trusted(text))
                     await conn.execute(QUERIES["record_migration"], {"name": name})
             applied_now.append(name)
+        await roles.ensure(conn)
         return applied_now
     finally:
         if not conn.closed:  # a lost connection has released its session's locks already

@@ -98,6 +98,11 @@ async def prepare_database(config: settings.OperatorSettings) -> None:
         applied = await db.schema.migrate(conn)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        me = await db.roles.whoami(conn)
+        if me.superuser:
+            log.warning("the operator connects to PostgreSQL as %s, a superuser of the whole server; it needs only "
+                        "to own kubetask's database: connect as a role that owns it (README: Least privilege)",
+                        me.role)
         owner = await db.release.claim(conn, config.managed_by, config.pod_namespace)
         log.info("serving Tasks managed by %s; the database belongs to this release (%s)", config.managed_by, owner)
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import psycopg
+
 from kubetask import db, handlers, logs, metrics, settings
 from kubetask.worker import recycle
 from kubetask.worker.runner import Worker
@@ -51,6 +53,23 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
+async def _warn_if_privileged(dsn: str) -> None:
+    """A worker runs tenant code: say so when its credential could do what only the operator should."""
+    try:
+        async with await db.connection.connect(dsn, "kubetask-probe") as conn:
+            me = await db.roles.whoami(conn)
+    except psycopg.Error as error:  # the claim loop reports and retries a database it cannot use
+        logger.debug("could not check the database role: %s", error)
+        return
+    if me.superuser or me.owns_schema:
+        logger.warning(
+            "this worker connects to PostgreSQL as %s, %s: the handlers it runs could alter or delete every "
+            "task and its history. Give workers a role of their own in %s (CREATE ROLE app_worker LOGIN "
+            "PASSWORD '…' IN ROLE %s) and its URL (chart: database.workerSecret)",
+            me.role, "a superuser" if me.superuser else "the owner of kubetask's tables",
+            db.roles.WORKER, db.roles.WORKER)
+
+
 def main() -> int:
     """Entry point of a worker process: settings from the environment, stop on SIGTERM/SIGINT.
 
@@ -81,6 +100,7 @@ def main() -> int:
     except db.connection.DatabaseUnreachable as error:
         logger.error("%s", error)
         return 1
+    run_loop(_warn_if_privileged(database.url))
     try:
         code, abandoned = run_loop(_serve(config, database, registry))
     except metrics.EndpointError as error:
