@@ -352,7 +352,10 @@ def test_no_role_grants_anything_on_secrets(values: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("values", [DB, BUNDLED], ids=["existing-secret", "bundled-postgresql"])
 def test_the_database_url_is_only_ever_read_from_a_secret(values: tuple[str, ...]) -> None:
     objects = render(*values)
-    assert of_kind(objects, "ConfigMap") == []
+    # The one ConfigMap is the bundled PostgreSQL's init script, which reads its passwords from the Secret's env.
+    for config_map in of_kind(objects, "ConfigMap"):
+        assert config_map["metadata"]["name"] == "kubetask-postgresql-init"
+        assert not re.search(r"PASSWORD '[^:]", json.dumps(config_map)), "a password literal in a ConfigMap"
     for workload, spec in pod_specs(objects).items():
         for container in spec["containers"]:
             for item in container.get("env", []):
@@ -368,16 +371,58 @@ def test_bundled_postgresql() -> None:
     objects = render(*BUNDLED)
     (secret,) = of_kind(objects, "Secret")
     assert secret["metadata"]["name"] == "kubetask-postgresql"
-    assert set(secret["data"]) == {"password", "url"}
+    assert set(secret["data"]) == {"password", "url", "worker-password", "worker-url", "reader-password",
+                                   "reader-url"}
     (statefulset,) = of_kind(objects, "StatefulSet")
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "database", "the dev harness must not run it as a process"
     (service,) = [obj for obj in of_kind(objects, "Service") if obj["metadata"]["name"] == "kubetask-postgresql"]
     assert service["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
-    for spec in pod_specs(objects).values():
-        env = _env(spec["containers"][0])
-        if "DATABASE_URL" in env:
-            assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "kubetask-postgresql", "key": "url"}
+    specs = pod_specs(objects)
+    keys = {workload: _env(spec["containers"][0])["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+            for workload, spec in specs.items() if "DATABASE_URL" in _env(spec["containers"][0])}
+    # The operator owns the database; the workers, which run tenant code, get the worker role's URL.
+    assert keys == {"Deployment/kubetask-operator": {"name": "kubetask-postgresql", "key": "url"},
+                    "Deployment/kubetask-worker-default": {"name": "kubetask-postgresql", "key": "worker-url"}}
+
+
+def test_the_bundled_postgresql_superuser_only_initialises_and_each_process_has_its_role() -> None:
+    objects = render(*BUNDLED, "--set", "postgresql.auth.password=s3cret")
+    data = _secret_data(objects)
+    assert data["url"].startswith("postgresql://kubetask:s3cret@")
+    assert data["worker-url"].startswith(f"postgresql://kubetask_worker:{data['worker-password']}@")
+    assert data["reader-url"].startswith(f"postgresql://kubetask_reader:{data['reader-password']}@")
+    assert len({data["password"], data["worker-password"], data["reader-password"]}) == 3
+    spec = pod_specs(objects)["StatefulSet/kubetask-postgresql"]
+    (server,) = spec["containers"]
+    env = _env(server)
+    assert env["POSTGRES_USER"]["value"] == "postgres" and env["KUBETASK_OWNER"]["value"] == "kubetask"
+    assert env["KUBETASK_WORKER_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "worker-password"
+    assert {"name": "init", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in server["volumeMounts"]
+    (init,) = [obj for obj in of_kind(objects, "ConfigMap") if obj["metadata"]["name"] == "kubetask-postgresql-init"]
+    script = init["data"]["kubetask-roles.sh"]
+    for statement in ('CREATE ROLE :"owner" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', 'ALTER DATABASE :"db" OWNER TO :"owner"',
+                      "CREATE ROLE kubetask_worker LOGIN", "CREATE ROLE kubetask_reader LOGIN",
+                      "ALTER ROLE CURRENT_USER PASSWORD NULL"):
+        assert statement in script, statement
+
+
+@pytest.mark.parametrize("username", ["postgres", "kubetask_worker", "kubetask_reader"])
+def test_the_bundled_owner_cannot_take_another_roles_name(username: str) -> None:
+    error = render_error(*BUNDLED, "--set", f"postgresql.username={username}")
+    assert "username" in error, error
+
+
+def test_workers_get_their_own_url_from_database_worker_secret() -> None:
+    specs = pod_specs(render(*DB, "--set", "database.workerSecret=kubetask-db-worker"))
+    env = _env(specs["Deployment/kubetask-worker-default"]["containers"][0])
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "kubetask-db-worker", "key": "url"}
+    operator = _env(specs["Deployment/kubetask-operator"]["containers"][0])
+    assert operator["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] != "kubetask-db-worker"
+    notes = helm("install", "kubetask", str(CHART), *DB, "--dry-run=client").stdout
+    assert "The workers use the operator's database URL" in notes and "IN ROLE kubetask_worker" in notes
+    quiet = helm("install", "kubetask", str(CHART), *DB, "--set", "database.workerSecret=w", "--dry-run=client").stdout
+    assert "The workers use the operator's database URL" not in quiet
 
 
 def test_notes_tell_the_next_step() -> None:
@@ -656,9 +701,9 @@ def test_an_existing_auth_secret_is_used_by_the_server_and_by_kubetask() -> None
     specs = pod_specs(objects)
     server = _env(specs["StatefulSet/kubetask-postgresql"]["containers"][0])
     assert server["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "pg-auth", "key": "password"}
-    for workload in ("Deployment/kubetask-operator", "Deployment/kubetask-worker-default"):
+    for workload, key in (("Deployment/kubetask-operator", "url"), ("Deployment/kubetask-worker-default", "worker-url")):
         env = _env(specs[workload]["containers"][0])
-        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pg-auth", "key": "url"}, workload
+        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pg-auth", "key": key}, workload
 
 
 def test_an_upgrade_that_cannot_read_the_generated_password_fails_instead_of_replacing_it() -> None:
@@ -693,7 +738,7 @@ def test_tls_makes_the_server_refuse_plain_connections_and_kubetask_ask_for_tls(
     assert volumes["tls"]["secret"]["secretName"] == "pg-tls"
     assert volumes["tls"]["secret"]["defaultMode"] == 0o640, "PostgreSQL refuses a key file others can read"
     assert settings["hba_file"] == mounts["hba"] + "/pg_hba.conf"
-    (hba,) = of_kind(objects, "ConfigMap")
+    (hba,) = [obj for obj in of_kind(objects, "ConfigMap") if obj["metadata"]["name"] == "kubetask-postgresql-hba"]
     assert volumes["hba"]["configMap"]["name"] == hba["metadata"]["name"]
     assert [line for line in hba["data"]["pg_hba.conf"].splitlines() if line.startswith("host")] == [
         "hostssl all all all scram-sha-256"], "no line lets a connection without TLS in"

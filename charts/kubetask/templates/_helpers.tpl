@@ -131,6 +131,28 @@ worker pods: kubetask.postgresqlCaMount in the container, kubetask.postgresqlCaV
 {{- end -}}
 
 {{/*
+The workers' DATABASE_URL: they run tenant code, so not the operator's (owner's) URL where a worker's
+exists: the bundled PostgreSQL's kubetask_worker, or database.workerSecret for your own PostgreSQL.
+*/}}
+{{- define "kubetask.workerDatabaseEnv" -}}
+{{- if .Values.postgresql.enabled -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kubetask.postgresqlAuthSecret" . }}
+      key: worker-url
+{{- else if .Values.database.workerSecret -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.workerSecret }}
+      key: {{ .Values.database.workerKey }}
+{{- else -}}
+{{- include "kubetask.databaseEnv" . }}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Namespaces the operator serves; empty means the whole cluster. The release
 namespace is always part of a list: the worker pools live there.
 */}}
