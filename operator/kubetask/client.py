@@ -50,15 +50,29 @@ class TaskRef:
         return f"{self.namespace}/{self.name}"
 
 
+def _api_client() -> kubernetes.client.ApiClient:
+    config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient(config)
+
+
 def _api(api_client: kubernetes.client.ApiClient | None) -> kubernetes.client.CustomObjectsApi:
-    if api_client is None:
-        config = kubernetes.client.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
-        api_client = kubernetes.client.ApiClient(config)
-    return kubernetes.client.CustomObjectsApi(api_client)
+    return kubernetes.client.CustomObjectsApi(api_client or _api_client())
+
+
+def may_get_tasks(namespace: str, api_client: kubernetes.client.ApiClient | None = None) -> bool:
+    """Whether the caller may ``get`` Tasks in ``namespace``: the API server's answer (SelfSubjectAccessReview).
+
+    Every authenticated user may ask this of its own rights (``system:basic-user``).
+    """
+    review = kubernetes.client.V1SelfSubjectAccessReview(spec=kubernetes.client.V1SelfSubjectAccessReviewSpec(
+        resource_attributes=kubernetes.client.V1ResourceAttributes(
+            group=model.GROUP, resource=model.PLURAL, verb="get", namespace=namespace)))
+    answer = kubernetes.client.AuthorizationV1Api(api_client or _api_client()).create_self_subject_access_review(review)
+    return answer.status is not None and bool(answer.status.allowed)
 
 
 def default_namespace() -> str:

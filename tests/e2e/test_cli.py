@@ -12,6 +12,9 @@ import kubernetes
 import pytest
 
 
+from kubetask_dev import controlplane
+
+from tests.conftest import temporary_namespace
 from tests.stack import Stack, task
 
 KUBETASK = str(pathlib.Path(sys.executable).parent / "kubetask")
@@ -74,6 +77,47 @@ def test_history_outlives_the_task_object(e2e: Stack, namespace: str) -> None:
     assert [line.split()[5] for line in lines[2:4]] == ["failed", "succeeded"]
     assert "Traceback" in result.stdout
     assert cli(e2e, "history", "never-existed", "-n", namespace).returncode == 3
+
+
+def test_history_answers_only_where_the_caller_may_get_tasks(e2e: Stack, namespace: str,
+                                                            tmp_path: pathlib.Path) -> None:
+    """PostgreSQL holds every namespace's history; `history` shows it only to who may read those Tasks."""
+    with temporary_namespace(e2e.plane, f"{namespace[:50]}-other") as other:
+        for ns in (namespace, other):
+            e2e.apply(task(ns, "echo", "mine", payload={"ns": ns}))
+        for ns in (namespace, other):
+            e2e.wait_phase(ns, "mine", "Succeeded")
+        # A user who may get Tasks in `namespace` only (a ServiceAccount token, so the API server decides).
+        e2e.plane.kubectl("create", "serviceaccount", "reader", "-n", namespace)
+        e2e.plane.kubectl("create", "role", "task-reader", "--verb=get,list", "--resource=tasks.kubetask.io",
+                          "-n", namespace)
+        e2e.plane.kubectl("create", "rolebinding", "task-reader", "--role=task-reader",
+                          f"--serviceaccount={namespace}:reader", "-n", namespace)
+        code, body = e2e.plane.request(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/reader/token", method="POST",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}})
+        assert code == 201, body
+        kubeconfig = tmp_path / "reader.kubeconfig"
+        kubeconfig.write_text(controlplane.kubeconfig_text(e2e.plane.server, e2e.plane.ca_file, body["status"]["token"],
+                                                           user="reader"))
+
+        def as_reader(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DATABASE_URL": e2e.dsn}
+            return subprocess.run([KUBETASK, "history", *args], env=env, capture_output=True, text=True, timeout=60)
+
+        allowed = as_reader("mine", "-n", namespace)
+        assert allowed.returncode == 0, allowed.stderr
+        assert f"Task {namespace}/mine" in allowed.stdout and "succeeded" in allowed.stdout
+        refused = as_reader("mine", "-n", other)
+        assert refused.returncode == 5, refused
+        assert f"you may not get Tasks in namespace {other}" in refused.stderr and "mine" not in refused.stdout
+        # By uid, a Task the caller may not read is not found: whether it exists does not leak.
+        [row] = e2e.sql("SELECT uid::text AS uid FROM kubetask_tasks WHERE namespace = %s AND name = 'mine'", other)
+        by_uid = as_reader("--uid", row["uid"])
+        assert by_uid.returncode == 3 and "no history for uid" in by_uid.stderr, by_uid
+        # The database's administrator, who holds the URL anyway, may skip the check.
+        admin = as_reader("mine", "-n", other, "--no-access-check")
+        assert admin.returncode == 0 and f"Task {other}/mine" in admin.stdout, admin.stderr
 
 
 def test_dead_letter_list_and_retry_all_then_stats(e2e: Stack, namespace: str) -> None:

@@ -10,7 +10,9 @@
     kubetask crd                            print the Task CRD generated from the models
 
 Exit codes, for scripts: 0 success; 1 the Task failed (DeadLetter or Cancelled)
-or a runtime error; 2 bad usage or configuration; 3 not found; 4 timed out.
+or a runtime error; 2 bad usage or configuration; 3 not found; 4 timed out;
+5 forbidden (the API server refused, or ``history`` found you may not get
+Tasks in that namespace).
 Commands that read PostgreSQL need ``DATABASE_URL``; the others use the
 kubeconfig (``KUBECONFIG``, in-cluster credentials).
 """
@@ -101,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default="", help="Task name (the newest Task of that name)")
     p.add_argument("--uid", help="select by uid instead of name")
     p.add_argument("--tracebacks", action="store_true", help="print each failed attempt's traceback")
+    p.add_argument("--no-access-check", action="store_true",
+                   help="skip asking the API server whether you may get Tasks in the namespace (database admins "
+                        "without a kubeconfig)")
     p = command("retry", tasks.retry, "run a finished Task again (fresh attempt budget, history kept)")
     p.add_argument("name")
     p = command("stats", history.stats, "per-queue numbers from PostgreSQL", ns=False, output=("json", "yaml"))
@@ -156,7 +161,7 @@ def _explain(err: Exception) -> tuple[str | None, int]:
         if err.status == 409:
             return f"{detail}: choose another --name, or delete the existing Task first", terminal.EXIT_FAILED
         if err.status in (401, 403):
-            return f"{detail}: your kubeconfig's user may not do this (kubectl auth can-i)", terminal.EXIT_FAILED
+            return f"{detail}: your kubeconfig's user may not do this (kubectl auth can-i)", terminal.EXIT_FORBIDDEN
         if err.status == 422:
             return f"refused by the API server: {detail}", terminal.EXIT_USAGE
         return f"the API server answered {err.status}: {detail}", terminal.EXIT_FAILED

@@ -27,17 +27,22 @@ async def with_db(fn: Callable[[Any], Any]) -> Any:
 def history(args: argparse.Namespace) -> int:
     from kubetask import db
 
+    namespace = "" if args.uid else tasks.namespace_of(args)
+    if namespace:
+        _check_access(args, namespace)
+
     async def run(conn: Any) -> tuple[Any, Any]:
         rows = [await db.reads.get_task(conn, args.uid)] if args.uid else await db.reads.find_tasks(
-            conn, tasks.namespace_of(args), args.name)
+            conn, namespace, args.name)
         rows = [r for r in rows if r is not None]
-        if not rows:
-            return None, []
+        if not rows or (args.uid and not _may_read(args, rows[0].namespace)):
+            return None, []  # a uid in a namespace the caller may not read is not found: no existence leaks
         return rows[0], await db.reads.task_history(conn, rows[0].uid)
 
     task, attempts = asyncio.run(with_db(run))
     if task is None:
-        raise terminal.CliError(f"no history for Task {tasks.namespace_of(args)}/{args.name} in PostgreSQL", terminal.EXIT_NOT_FOUND)
+        what = f"uid {args.uid}" if args.uid else f"Task {namespace}/{args.name}"
+        raise terminal.CliError(f"no history for {what} in PostgreSQL", terminal.EXIT_NOT_FOUND)
 
     def render() -> str:
         head = logs.printable(f"Task {task.namespace}/{task.name} uid={task.uid} type={task.type} "
@@ -55,6 +60,19 @@ def history(args: argparse.Namespace) -> int:
 
     terminal.emit({"task": terminal.plain(task), "attempts": [terminal.plain(a) for a in attempts]}, args.output, render)
     return terminal.EXIT_OK
+
+
+def _may_read(args: argparse.Namespace, namespace: str) -> bool:
+    return bool(args.no_access_check or tasks.api_client().may_get_tasks(namespace))
+
+
+def _check_access(args: argparse.Namespace, namespace: str) -> None:
+    """PostgreSQL holds every namespace's history: answer only where the caller may read the Tasks themselves."""
+    if not _may_read(args, namespace):
+        raise terminal.CliError(
+            f"you may not get Tasks in namespace {namespace} (the API server's SelfSubjectAccessReview said no), "
+            "so their history is not shown either: ask for get on tasks.kubetask.io there, or, as the database's "
+            "administrator, pass --no-access-check", terminal.EXIT_FORBIDDEN)
 
 
 def stats(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import yaml
 
 from kubetask import logs
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_FORBIDDEN = 0, 1, 2, 3, 4, 5
 
 
 class CliError(Exception):
