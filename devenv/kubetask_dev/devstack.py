@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from kubetask_dev import controlplane
+from kubetask_dev import controlplane, postgres
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAMESPACE = "kubetask-system"
@@ -35,7 +35,8 @@ def worker_deployment(queue: str, *, namespace: str = NAMESPACE, min_replicas: i
     labels = {"app.kubernetes.io/part-of": "kubetask", "app.kubernetes.io/component": "worker",
               "kubetask.io/pool": queue}
     env: list[dict[str, Any]] = [
-        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": DB_SECRET, "key": "url"}}},
+        # The workers' own role, which may run a task's statements and nothing else.
+        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": DB_SECRET, "key": "worker-url"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "KUBETASK_QUEUE", "value": queue},
         {"name": "KUBETASK_CONCURRENCY", "value": str(concurrency)},
@@ -86,7 +87,7 @@ class DevStack:
         plane.kubectl("create", "namespace", NAMESPACE, check=False)
         plane.wait_default_serviceaccount(NAMESPACE)
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": DB_SECRET, "namespace": NAMESPACE},
-                  "stringData": {"url": dsn}}
+                  "stringData": {"url": dsn, "worker-url": postgres.worker_dsn(dsn)}}
         plane.kubectl("apply", "-f", "-", input=json.dumps(secret))
         plane.kubectl("apply", "-f", "-", input=json.dumps(worker_deployment("default")))
 

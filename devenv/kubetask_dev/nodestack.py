@@ -63,7 +63,7 @@ def chart_values(node_images: images.NodeImages, *, bundled_postgres: bool = Fal
             "persistence": {"enabled": False},
         }
     else:
-        values["database"] = {"existingSecret": DB_SECRET}
+        values["database"] = {"existingSecret": DB_SECRET, "workerSecret": DB_SECRET, "workerKey": "worker-url"}
     return values
 
 
@@ -89,10 +89,14 @@ def install(plane: controlplane.ControlPlane, values: dict[str, Any], *, namespa
         pathlib.Path(file.name).unlink()
 
 
-def database_secret(plane: controlplane.ControlPlane, dsn: str, namespace: str = NAMESPACE) -> None:
+def database_secret(plane: controlplane.ControlPlane, pg: postgres.PostgresServer, database: str,
+                    namespace: str = NAMESPACE) -> None:
+    """The Secret of ``database``: ``url`` the operator's, ``worker-url`` the workers' own role's."""
     plane.kubectl("create", "namespace", namespace, check=False)
+    postgres.worker_dsn(pg.dsn(database))  # the roles, made over loopback
+    dsn = host_dsn(pg, database)
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": DB_SECRET, "namespace": namespace},
-              "stringData": {"url": dsn}}
+              "stringData": {"url": dsn, "worker-url": postgres.as_role(dsn, postgres.WORKER_LOGIN)}}
     plane.kubectl("apply", "-f", "-", input=json.dumps(secret))
 
 
@@ -153,7 +157,7 @@ def up(state: pathlib.Path) -> None:
                                                 advertise_address=node.BRIDGE_IP)
         shutil.copy(plane.kubeconfig, state / "kubeconfig")
         node.Node.start(state / "node", plane, node_images, extra_forwards={"postgres": pg.port})
-        database_secret(plane, host_dsn(pg, DATABASE))
+        database_secret(plane, pg, DATABASE)
         values = chart_values(node_images)
         # Per-attempt lines (started, succeeded, with the Task's uid) are debug lines: show them in kubectl logs.
         values["logs"] = {"level": "debug"}

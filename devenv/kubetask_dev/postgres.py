@@ -21,6 +21,7 @@ import importlib.util
 import os
 import pathlib
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,34 @@ def _make_traversable(path: pathlib.Path) -> None:
         mode = parent.stat().st_mode
         if mode & 0o011 != 0o011:
             parent.chmod(mode | 0o011)
+
+
+WORKER_LOGIN = "kubetask_dev_worker"
+"""The workers' login role here, a member of ``kubetask_worker`` (README: Least privilege in the database)."""
+
+
+def worker_dsn(dsn: str) -> str:
+    """``dsn`` with the workers' own role: ``kubetask_worker`` (created if the operator has not yet) and a
+    login in it, as an administrator of a real database would make them. The server trusts local logins."""
+    statement = f"""DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kubetask_worker') THEN
+            CREATE ROLE kubetask_worker NOLOGIN;
+        END IF;
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WORKER_LOGIN}') THEN
+            CREATE ROLE {WORKER_LOGIN} LOGIN IN ROLE kubetask_worker;
+        END IF;
+    END $$"""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        try:
+            admin.execute(statement)  # type: ignore[arg-type]  # constants only
+        except psycopg.errors.UniqueViolation:
+            pass  # two callers at once: the other made them
+    return as_role(dsn, WORKER_LOGIN)
+
+
+def as_role(dsn: str, role: str) -> str:
+    """``dsn`` logging in as ``role`` (no password: the server trusts local logins)."""
+    return re.sub(r"^postgresql://[^@/]*@", f"postgresql://{role}@", dsn)
 
 
 @dataclasses.dataclass

@@ -7,8 +7,11 @@ refused by PostgreSQL's privileges, not by the code choosing not to try.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import os
 import re
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 from kubetask_dev.postgres import PostgresServer
 
 from kubetask import db
+from tests.engine.conftest import WORKER_PROCESS
 
 _numbers = itertools.count()
 Login = Callable[[str], Awaitable[db.connection.Conn]]
@@ -150,3 +154,60 @@ async def test_an_owner_that_is_no_superuser_migrates_and_grants(pg_server: Post
         assert (await cursor.fetchone()) == (True,)
         # Granting again (every start does) changes nothing and fails nothing.
         assert await db.roles.ensure(conn) == [db.roles.WORKER, db.roles.READER]
+
+
+def _worker_env(dsn: str) -> dict[str, str]:
+    return {"DATABASE_URL": dsn, "KUBETASK_HANDLERS": "kubetask.demo", "POD_NAME": "roles-worker",
+            "KUBETASK_DATABASE_WAIT_SECONDS": "20", "KUBETASK_LOG_FORMAT": "text", "KUBETASK_LOG_LEVEL": "INFO",
+            "KUBETASK_METRICS_PORT": "0", "KUBETASK_HEALTH_PORT": "0"}
+
+
+async def test_a_worker_started_before_the_migration_waits_for_it_then_runs_as_its_role(
+        pg_server: PostgresServer, empty_dsn: str, start_worker_process, sigterm_when, new_task) -> None:
+    role = f"early_worker_{next(_numbers)}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+            psycopg.sql.Identifier(role), psycopg.sql.Identifier(db.roles.WORKER)))
+    worker = await start_worker_process(_worker_env(_as_role(empty_dsn, role)))
+    async with await db.connection.connect(empty_dsn) as conn:
+        await db.schema.migrate(conn)  # the operator, arriving after the worker
+        task = new_task(type="echo", payload={"role": role})
+        await db.queue.admit(conn, [task])
+
+        async def succeeded() -> bool:
+            row = await db.reads.get_task(conn, task.uid)
+            return row is not None and row.state == "succeeded"
+
+        code, output = await sigterm_when(worker, succeeded, "the early worker to run the task")
+    text = output.decode()
+    assert code == 0, text
+    assert "connects to PostgreSQL as" not in text, "a worker in kubetask_worker is not warned about"
+
+
+async def test_a_worker_whose_role_is_in_no_kubetask_group_exits_1_naming_the_grant(
+        pg_server: PostgresServer, dsn: str) -> None:
+    role = f"lost_worker_{next(_numbers)}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN").format(psycopg.sql.Identifier(role)))
+    env = {**os.environ, **_worker_env(_as_role(dsn, role)), "KUBETASK_DATABASE_WAIT_SECONDS": "1"}
+    done = await asyncio.to_thread(subprocess.run, WORKER_PROCESS, env=env, capture_output=True, text=True,
+                                   timeout=60)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert f"GRANT {db.roles.WORKER} TO {role};" in output and "Traceback" not in output
+
+
+async def test_a_worker_with_the_owners_credential_is_warned(dsn: str, start_worker_process, sigterm_when) -> None:
+    worker = await start_worker_process(_worker_env(dsn))
+    seen = bytearray()
+
+    async def warned() -> bool:
+        assert worker.stdout is not None
+        try:
+            seen.extend(await asyncio.wait_for(worker.stdout.read(4096), 0.5))
+        except TimeoutError:
+            pass
+        return b"could alter or delete every task" in seen
+
+    code, _ = await sigterm_when(worker, warned, "the worker's warning about its superuser credential")
+    assert code == 0 and b"a superuser" in seen

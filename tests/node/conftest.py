@@ -155,7 +155,7 @@ def release(real_node: RealNode) -> Iterator[NodeRelease]:
     namespace = "kt-node"
     database = "node_" + uuid.uuid4().hex[:8]
     real_node.pg.create_database(database)
-    nodestack.database_secret(real_node.plane, nodestack.host_dsn(real_node.pg, database), namespace)
+    nodestack.database_secret(real_node.plane, real_node.pg, database, namespace)
     started = time.monotonic()
     installed = install(real_node, namespace, "kt", values(real_node, namespace))
     print(f"helm install on the real node took {time.monotonic() - started:.1f}s")

@@ -76,3 +76,8 @@ async def tables(conn: Conn) -> list[str]:
 async def whoami(conn: Conn) -> Identity:
     """The connected role: whether it is a superuser and whether it owns the queue table."""
     return Identity(*await one(conn, QUERIES["whoami"], {}))
+
+
+async def may_work(conn: Conn) -> bool:
+    """Whether the schema exists and this role may run a worker's statements."""
+    return bool((await one(conn, QUERIES["may_work"], {}))[0])

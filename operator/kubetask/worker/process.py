@@ -7,12 +7,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import psycopg
 
-from kubetask import db, handlers, logs, metrics, settings
+from kubetask import db, handlers, logs, metrics, settings, supervise
 from kubetask.worker import recycle
 from kubetask.worker.runner import Worker
 
@@ -53,14 +54,24 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-async def _warn_if_privileged(dsn: str) -> None:
-    """A worker runs tenant code: say so when its credential could do what only the operator should."""
-    try:
-        async with await db.connection.connect(dsn, "kubetask-probe") as conn:
-            me = await db.roles.whoami(conn)
-    except psycopg.Error as error:  # the claim loop reports and retries a database it cannot use
-        logger.debug("could not check the database role: %s", error)
-        return
+async def _check_role(dsn: str, wait_seconds: float) -> str | None:
+    """Wait (bounded) until the schema exists and this worker's role may use it; say so when the role could
+    do what only the operator should (workers run tenant code). Returns what to fix, if it never could."""
+    delays = supervise.Delays(first=0.2, cap=2.0)
+    deadline = time.monotonic() + wait_seconds
+    told = False
+    async with await db.connection.connect(dsn, "kubetask-probe") as conn:
+        while not await db.roles.may_work(conn):
+            if time.monotonic() > deadline:
+                me = await db.roles.whoami(conn)
+                return (f"the database role {me.role} may not run a worker's statements after {wait_seconds:g} s: "
+                        f"either the operator has not migrated this database yet (is it running, on the same "
+                        f"database?), or {me.role} is in no kubetask role: GRANT {db.roles.WORKER} TO {me.role};")
+            if not told:
+                logger.info("waiting for the operator to migrate the database and grant this worker's role")
+                told = True
+            await asyncio.sleep(delays.next())
+        me = await db.roles.whoami(conn)
     if me.superuser or me.owns_schema:
         logger.warning(
             "this worker connects to PostgreSQL as %s, %s: the handlers it runs could alter or delete every "
@@ -68,6 +79,7 @@ async def _warn_if_privileged(dsn: str) -> None:
             "PASSWORD '…' IN ROLE %s) and its URL (chart: database.workerSecret)",
             me.role, "a superuser" if me.superuser else "the owner of kubetask's tables",
             db.roles.WORKER, db.roles.WORKER)
+    return None
 
 
 def main() -> int:
@@ -100,7 +112,14 @@ def main() -> int:
     except db.connection.DatabaseUnreachable as error:
         logger.error("%s", error)
         return 1
-    run_loop(_warn_if_privileged(database.url))
+    try:
+        problem = run_loop(_check_role(database.url, database.wait_seconds))
+    except psycopg.OperationalError as error:  # lost it again since: exit, and the restart waits again
+        logger.error("PostgreSQL went away while checking this worker's role: %s", error)
+        return 1
+    if problem is not None:
+        logger.error("%s", problem)
+        return 1
     try:
         code, abandoned = run_loop(_serve(config, database, registry))
     except metrics.EndpointError as error:

@@ -41,3 +41,10 @@ SELECT current_user::text,
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
        coalesce((SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables
                  WHERE schemaname = current_schema() AND tablename = 'kubetask_tasks'), false);
+
+-- name: may_work
+-- Whether the schema exists and the connected role may run a worker's statements
+-- (false before the operator's first migration, or for a role in no kubetask group).
+SELECT CASE WHEN to_regclass('kubetask_attempts') IS NULL THEN false
+            ELSE has_any_column_privilege(current_user, 'kubetask_tasks', 'UPDATE')
+                 AND has_any_column_privilege(current_user, 'kubetask_attempts', 'INSERT') END;
