@@ -14,6 +14,7 @@ statement under a named, described header, loaded once by ``db.sql``):
                 orphans, history retention.
 ``reads``       counts and rows for the scaler, the metrics and the CLI.
 ``release``     the one release a database serves (a second one is refused).
+``queues``      the row mirroring each Queue object (paused, limits, namespaces), read by the claim.
 
 Each function here is one state change, and nearly every one is a single
 statement (data-modifying CTEs), so it is one round trip and, on an autocommit
@@ -36,6 +37,6 @@ and the first migration):
 Layering: nothing here imports the operator, the worker or Kubernetes.
 """
 
-from kubetask.db import connection, outbox, queue, reads, release, schema, upkeep
+from kubetask.db import connection, outbox, queue, queues, reads, release, schema, upkeep
 
-__all__ = ["connection", "outbox", "queue", "reads", "release", "schema", "upkeep"]
+__all__ = ["connection", "outbox", "queue", "queues", "reads", "release", "schema", "upkeep"]

@@ -82,6 +82,8 @@ class NewTask:
     """None: due now (the database's clock)."""
     ttl_seconds_after_finished: int | None = None
     """Delete the finished Task object this long after it finished (see ``upkeep.expired_ttl``); None: keep it."""
+    concurrency_key: str | None = None
+    """``spec.concurrencyKey``: the Queue's concurrencyKeyLimit counts running tasks per key. None: no key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,17 +168,40 @@ async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[t
     rescued, cancelled, superseded; nothing changed for it) and the tasks
     claimed. Each task may appear once in ``successes``. ``limit`` 0 only
     records.
+
+    A queue whose Queue sets a limit is claimed from in a second,
+    short transaction that holds the queue row's lock: the first statement
+    records the successes and finds the queue limited, claiming nothing. A
+    queue with no limit (or no Queue) is one statement, as before.
     """
+    recorded, claimed, limited = await _complete_and_claim(
+        conn, lease_owner, successes, queue=queue, worker_pod=worker_pod, limit=limit,
+        lease_seconds=lease_seconds, locked=False)
+    if limited and limit > 0:
+        # The queue has a limit: claim again holding its row's lock, so claimers take turns and each
+        # counts what the one before it claimed (see complete_and_claim in sql/queue.sql).
+        async with conn.transaction():
+            await conn.execute(QUERIES["lock_queue"], {"queue": queue})
+            _, claimed, _ = await _complete_and_claim(
+                conn, lease_owner, [], queue=queue, worker_pod=worker_pod, limit=limit,
+                lease_seconds=lease_seconds, locked=True)
+    return recorded, claimed
+
+
+async def _complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]], *,
+                              queue: str, worker_pod: str, limit: int, lease_seconds: float,
+                              locked: bool) -> tuple[set[int], list[ClaimedTask], bool]:
     cursor = await conn.execute(_complete_and_claim_with_limit(max(limit, 0)), {
         "done_id": [task_id for task_id, _, _ in successes],
         "done_attempt": [attempt for _, attempt, _ in successes],
         "done_results": Jsonb([result for _, _, result in successes]),
         "lease_owner": lease_owner, "queue": queue, "worker_pod": worker_pod,
-        "lease_seconds": lease_seconds,
+        "lease_seconds": lease_seconds, "locked": locked,
     })
     rows = await cursor.fetchall()
     recorded = set(rows[0][0]) if rows else set()
-    return recorded, [_claimed(row[2:]) for row in rows if row[2] is not None]
+    limited = bool(rows[0][2]) if rows else False
+    return recorded, [_claimed(row[3:]) for row in rows if row[3] is not None], limited
 
 
 def _claimed(row: Sequence[Any]) -> ClaimedTask:

@@ -10,18 +10,19 @@ WITH incoming AS (
         %(max_retries)s::integer[], %(backoff_initial_seconds)s::float8[],
         %(backoff_factor)s::float8[], %(backoff_max_seconds)s::float8[],
         %(backoff_jitter)s::float8[], %(timeout_seconds)s::integer[],
-        %(run_at)s::timestamptz[], %(ttl_seconds_after_finished)s::integer[]
+        %(run_at)s::timestamptz[], %(ttl_seconds_after_finished)s::integer[],
+        %(concurrency_key)s::text[]
     ) AS i (uid, namespace, name, type, payload, queue, priority, max_retries,
             backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-            backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished)
+            backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key)
 ), inserted AS (
     INSERT INTO kubetask_tasks (
         uid, namespace, name, type, payload, queue, priority, max_retries,
         backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-        backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished)
+        backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key)
     SELECT uid, namespace, name, type, payload, queue, priority, max_retries,
            backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-           backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished
+           backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished, concurrency_key
     FROM incoming
     ON CONFLICT (uid) DO NOTHING
     RETURNING queue, run_at
@@ -50,6 +51,17 @@ SELECT (SELECT count(*) FROM inserted) AS admitted,
 -- was claimed. %(limit)s is written into the text as a literal by
 -- db.queue._complete_and_claim_with_limit, not bound, so the plan cache keeps one cheap
 -- generic plan per limit instead of replanning every call on a big table.
+--
+-- The queue's row (kubetask_queues, a Queue object's mirror) gates the claim:
+-- paused claims nothing; allowed_namespaces keeps out tasks of other
+-- namespaces. A queue with no row is open and unlimited, and costs one
+-- primary-key probe of a small table. A row with a limit (max_running,
+-- rate, concurrency_key_limit) is claimed from only with %(locked)s true,
+-- by a caller that holds the row's lock (lock_queue) in this transaction: the
+-- lock serialises the queue's claimers, and because this statement started
+-- after the lock was granted its snapshot counts every claim committed
+-- before it. Without the lock it claims nothing and says "limited", and the
+-- caller takes the locked path (db.queue.complete_and_claim).
 WITH incoming AS (
     -- done_results is one JSON array (one encoding for the whole batch), zipped with the ids.
     SELECT *
@@ -79,13 +91,65 @@ WITH incoming AS (
     FROM done
     WHERE a.task_id = ANY(%(done_id)s::bigint[]) AND a.task_id = done.id AND a.number = done.attempts
       AND a.outcome = 'running'
+), queue_row AS (
+    SELECT paused, allowed_namespaces, max_running, rate_tasks, rate_period_seconds, concurrency_key_limit,
+           tokens, tokens_at,
+           (max_running IS NOT NULL OR rate_tasks IS NOT NULL OR concurrency_key_limit IS NOT NULL) AS limited
+    FROM kubetask_queues
+    WHERE name = %(queue)s
+), bucket AS (
+    -- The rate limit's tokens now: refilled evenly since tokens_at (statement_timestamp(): after the
+    -- lock was granted, so the bucket's clock never runs backwards), at most rate_tasks; NULL state: full.
+    SELECT least(rate_tasks::float8,
+                 coalesce(tokens + greatest(0, extract(epoch FROM statement_timestamp() - tokens_at))
+                                   * rate_tasks / rate_period_seconds,
+                          rate_tasks)) AS available
+    FROM queue_row
+    WHERE rate_tasks IS NOT NULL
+), budget AS (
+    -- How many may be claimed now. A CASE branch not taken runs no subquery: an unlimited queue counts nothing.
+    SELECT CASE
+        WHEN coalesce(q.paused, false) THEN 0
+        WHEN NOT coalesce(q.limited, false) THEN %(limit)s
+        WHEN NOT %(locked)s THEN 0
+        ELSE greatest(0, least(
+            %(limit)s,
+            coalesce(q.max_running - (SELECT count(*) FROM kubetask_tasks AS r
+                                      WHERE r.queue = %(queue)s AND r.state = 'running'), %(limit)s),
+            coalesce(floor((SELECT available FROM bucket))::bigint, %(limit)s)))
+        END AS n
+    FROM (VALUES (1)) AS one (always) LEFT JOIN queue_row AS q ON true
 ), picked AS (
-    SELECT id
-    FROM kubetask_tasks
+    SELECT id, concurrency_key, priority, run_at
+    FROM kubetask_tasks AS t
     WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
+      AND (SELECT n FROM budget) > 0
+      AND (NOT EXISTS (SELECT FROM queue_row WHERE allowed_namespaces IS NOT NULL)
+           OR t.namespace = ANY((SELECT allowed_namespaces FROM queue_row)::text[]))
+      -- A key already at its limit of running tasks waits where it is (no attempt, no retry spent).
+      AND (t.concurrency_key IS NULL
+           OR NOT EXISTS (SELECT FROM queue_row WHERE concurrency_key_limit IS NOT NULL)
+           OR (SELECT count(*) FROM kubetask_tasks AS r
+               WHERE r.queue = %(queue)s AND r.state = 'running' AND r.concurrency_key = t.concurrency_key)
+              < (SELECT concurrency_key_limit FROM queue_row))
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), chosen AS (
+    -- Of the picked, the budget's worth, and no more of one key than its limit leaves room for. Picked rows
+    -- not chosen stay locked only until this transaction ends; they are claimed by a later call.
+    SELECT c.id
+    FROM (SELECT p.*, row_number() OVER (PARTITION BY p.concurrency_key
+                                         ORDER BY p.priority DESC, p.run_at, p.id) AS nth_of_key
+          FROM picked AS p) AS c
+    WHERE c.concurrency_key IS NULL
+       OR NOT EXISTS (SELECT FROM queue_row WHERE concurrency_key_limit IS NOT NULL)
+       OR c.nth_of_key + (SELECT count(*) FROM kubetask_tasks AS r
+                          WHERE r.queue = %(queue)s AND r.state = 'running'
+                            AND r.concurrency_key = c.concurrency_key)
+          <= (SELECT concurrency_key_limit FROM queue_row)
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT (SELECT n FROM budget)
 ), claimed AS (
     UPDATE kubetask_tasks AS t
     SET state = 'running',
@@ -97,7 +161,7 @@ WITH incoming AS (
         version = t.version + 1
     -- "id = ANY(ARRAY(…))" rather than a join: found by primary key even by a plan that cannot
     -- know how small LIMIT is (a generic plan assumes a tenth of the table, and hash-joins it).
-    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
+    WHERE t.id = ANY(ARRAY(SELECT id FROM chosen))
     RETURNING t.id, t.uid, t.namespace, t.name, t.queue, t.type, t.payload, t.attempts, t.budget_base,
               t.timeout_seconds, t.max_retries, t.backoff_initial_seconds, t.backoff_factor,
               t.backoff_max_seconds, t.backoff_jitter, t.lease_owner, t.worker_pod, t.started_at,
@@ -105,12 +169,19 @@ WITH incoming AS (
 ), attempt AS (
     INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner, started_at)
     SELECT id, attempts, worker_pod, lease_owner, started_at FROM claimed
+), spent AS (
+    -- The tokens this claim took (the bucket's state moves to now even when it took none).
+    UPDATE kubetask_queues AS q
+    SET tokens = b.available - (SELECT count(*) FROM claimed), tokens_at = statement_timestamp()
+    FROM bucket AS b
+    WHERE q.name = %(queue)s AND %(locked)s
 ), notified_status AS (
     SELECT pg_notify('kubetask_status', '')
     WHERE EXISTS (SELECT FROM done) OR EXISTS (SELECT FROM claimed)
 )
 SELECT (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
        (SELECT count(*) FROM notified_status) AS notified,
+       (SELECT coalesce(bool_or(limited), false) FROM queue_row) AS limited,
        c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
        c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
        c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
@@ -118,6 +189,10 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
        extract(epoch FROM c.started_at - c.run_at)::float8 AS waited_seconds
 FROM (VALUES (1)) AS one (always) LEFT JOIN claimed AS c ON true
 ORDER BY c.priority DESC, c.run_at, c.id;
+
+-- name: lock_queue
+-- The lock a limited queue's claimers take in turn, in the transaction of their claim (complete_and_claim).
+SELECT name FROM kubetask_queues WHERE name = %(queue)s FOR UPDATE;
 
 -- name: heartbeat
 -- Extends only the leases of tasks the worker says it runs; returns those it
