@@ -413,7 +413,7 @@ class QueueSpec(_Schema):
     """Who may submit to the queue and how its tasks are claimed. Limits hold across every worker, enforced in PostgreSQL when a task is claimed."""
 
     namespace_selector: LabelSelector = pydantic.Field(default_factory=LabelSelector)
-    """Namespaces whose Tasks may use this queue, by their labels (e.g. `matchLabels: {kubernetes.io/metadata.name: team-a}`). A Task from any other namespace never runs: it is refused (phase DeadLetter, reason QueueRefused, a Refused Event). Default `{}`: every namespace."""
+    """Namespaces whose Tasks may use this queue, by their labels (e.g. `matchLabels: {kubernetes.io/metadata.name: team-a}`). A Task from any other namespace never runs: it is refused (phase DeadLetter, lastError QueueRefused, a Refused Event). Default `{}`: every namespace."""
 
     paused: bool = False
     """While true nothing new of this queue is claimed: running tasks finish, new Tasks keep queueing. Default false."""
@@ -447,6 +447,18 @@ class QueueStatus(_Schema):
     """Why the queue is or is not claiming (e.g. Paused)."""
     observed_generation: int | None = None
     """metadata.generation this status describes."""
+
+
+#: ``lastError.type`` (and the condition's reason) of a Task its Queue refuses: its namespace is not one the
+#: Queue's namespaceSelector matches.
+QUEUE_REFUSED = "QueueRefused"
+#: The message of that refusal, a PostgreSQL ``format()`` template (the row is refused in SQL, at admission
+#: or when the Queue or the namespace changes): 1 the namespace, 2 the Queue, 3 its selector (JSON), 4 the Task.
+QUEUE_REFUSAL_MESSAGE = (
+    "Queue %2$s does not admit Tasks from namespace %1$s: its spec.namespaceSelector %3$s does not match the "
+    "namespace's labels, so this Task never runs. The cluster admin can label namespace %1$s to match, or widen "
+    "spec.namespaceSelector of Queue %2$s (kubectl edit queue %2$s); then "
+    "`kubectl annotate task %4$s " + RETRY_ANNOTATION + "=$(date +%%s) --overwrite` runs it.")
 
 
 class Queue(_Schema):

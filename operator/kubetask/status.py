@@ -117,6 +117,9 @@ def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
     conditions = [_condition("Admitted", True, "Admitted", "stored in PostgreSQL", row.created_at)]
     if phase.finished:
         conditions.append(_condition("Finished", True, phase.value, f"finished as {phase.value}", row.finished_at))
+    if last_error is not None and last_error["type"] == model.QUEUE_REFUSED:
+        conditions.append(_condition("QueueAdmitted", False, model.QUEUE_REFUSED, str(last_error["message"]),
+                                     row.finished_at))
     waiting = phase in (model.Phase.QUEUED, model.Phase.RETRYING)
     if waiting and no_pool_for is not None:
         conditions.append(_condition(

@@ -27,7 +27,7 @@ from typing import Any, LiteralString
 
 from psycopg.types.json import Jsonb
 
-from kubetask import retry, states
+from kubetask import model, retry, states
 from kubetask.db import sql
 from kubetask.db.connection import Conn, one
 
@@ -122,7 +122,10 @@ def clean_text(text: str, limit: int, keep_tail: bool = False) -> str:
 
 
 async def admit(conn: Conn, tasks: Sequence[NewTask]) -> int:
-    """Insert new tasks in one round trip; a uid already known is skipped. Returns how many were new."""
+    """Insert new tasks in one round trip; a uid already known is skipped. Returns how many were new.
+
+    A task whose queue's row (``db.queues``) does not admit its namespace is inserted refused.
+    """
     if not tasks:
         return 0
     columns: dict[str, list[Any]] = {field.name: [] for field in dataclasses.fields(NewTask)}
@@ -130,7 +133,8 @@ async def admit(conn: Conn, tasks: Sequence[NewTask]) -> int:
         for field, values in columns.items():
             value = getattr(task, field)
             values.append(Jsonb(value) if field == "payload" else value)
-    row = await one(conn, QUERIES["admit"], columns)
+    params: dict[str, Any] = {**columns, "refusal": model.QUEUE_REFUSAL_MESSAGE}
+    row = await one(conn, QUERIES["admit"], params)
     return int(row[0])
 
 

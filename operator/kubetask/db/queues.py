@@ -50,7 +50,7 @@ class QueueRow:
             rate_tasks=spec.rate_limit.tasks if spec.rate_limit else None,
             rate_period_seconds=spec.rate_limit.period_seconds if spec.rate_limit else None,
             concurrency_key_limit=spec.concurrency_key_limit,
-            namespace_selector=spec.namespace_selector.model_dump(by_alias=True, exclude_defaults=True),
+            namespace_selector=spec.namespace_selector.model_dump(mode="json", by_alias=True, exclude_defaults=True),
             allowed_namespaces=None if allowed_namespaces is None else tuple(sorted(allowed_namespaces)),
             generation=generation)
 
@@ -72,9 +72,27 @@ async def delete(conn: Conn, name: str) -> bool:
 async def get(conn: Conn, name: str) -> QueueRow | None:
     cursor = await conn.execute(QUERIES["get_queue"], {"name": name})
     found = await cursor.fetchone()
-    if found is None:
-        return None
-    (name_, paused, max_running, rate_tasks, period, key_limit, selector, allowed, generation) = found
-    return QueueRow(name=name_, paused=paused, max_running=max_running, rate_tasks=rate_tasks,
+    return None if found is None else _row(found)
+
+
+async def rows(conn: Conn) -> dict[str, QueueRow]:
+    """Every queue's row, by name."""
+    cursor = await conn.execute(QUERIES["list_queues"])
+    return {row.name: row for row in map(_row, await cursor.fetchall())}
+
+
+async def refuse_outside_namespaces(conn: Conn) -> list[tuple[str, str, str]]:
+    """Refuse the waiting tasks whose queue's row does not admit their namespace; (namespace, name, queue) of each.
+
+    The claim never takes them anyway; this makes the refusal visible (the mirror gives the Task its
+    DeadLetter status and a Refused Event) and final.
+    """
+    cursor = await conn.execute(QUERIES["refuse_outside_namespaces"], {"refusal": model.QUEUE_REFUSAL_MESSAGE})
+    return [(namespace, name, queue) for namespace, name, queue, _ in await cursor.fetchall()]
+
+
+def _row(found: Sequence[Any]) -> QueueRow:
+    (name, paused, max_running, rate_tasks, period, key_limit, selector, allowed, generation) = found
+    return QueueRow(name=name, paused=paused, max_running=max_running, rate_tasks=rate_tasks,
                     rate_period_seconds=period, concurrency_key_limit=key_limit, namespace_selector=selector,
                     allowed_namespaces=None if allowed is None else tuple(allowed), generation=generation)

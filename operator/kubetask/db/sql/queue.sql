@@ -1,7 +1,9 @@
 -- kubetask.db.queue: see kubetask/db/sql.py for the conventions every file follows.
 
 -- name: admit
--- New Tasks in one round trip; a uid already admitted is skipped (relists after a restart).
+-- New Tasks in one round trip; a uid already admitted is skipped (relists after a restart). A Task whose
+-- queue's row does not admit its namespace is inserted refused (dead letter, QueueRefused, the message
+-- from %(refusal)s), so it is never claimed.
 WITH incoming AS (
     SELECT *
     FROM unnest(
@@ -15,20 +17,33 @@ WITH incoming AS (
     ) AS i (uid, namespace, name, type, payload, queue, priority, max_retries,
             backoff_initial_seconds, backoff_factor, backoff_max_seconds,
             backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key)
+), gated AS (
+    -- A scalar subquery, not a join: the rows keep the order they came in, so ids follow it.
+    SELECT i.*,
+           (SELECT q.namespace_selector FROM kubetask_queues AS q
+            WHERE q.name = i.queue AND q.allowed_namespaces IS NOT NULL
+              AND NOT (i.namespace = ANY(q.allowed_namespaces))) AS refused_by
+    FROM incoming AS i
 ), inserted AS (
     INSERT INTO kubetask_tasks (
         uid, namespace, name, type, payload, queue, priority, max_retries,
         backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-        backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key)
+        backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key,
+        state, finished_at, last_error)
     SELECT uid, namespace, name, type, payload, queue, priority, max_retries,
            backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-           backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished, concurrency_key
-    FROM incoming
+           backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished, concurrency_key,
+           CASE WHEN refused_by IS NULL THEN 'queued' ELSE 'dead_letter' END,
+           CASE WHEN refused_by IS NOT NULL THEN now() END,
+           CASE WHEN refused_by IS NOT NULL THEN jsonb_build_object(
+               'type', 'QueueRefused', 'attempt', 0,
+               'message', format(%(refusal)s::text, namespace, queue, refused_by::text, name)) END
+    FROM gated
     ON CONFLICT (uid) DO NOTHING
-    RETURNING queue, run_at
+    RETURNING queue, run_at, state
 ), notified_queue AS (
     SELECT pg_notify('kubetask_queue', queue)
-    FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now()) AS due
+    FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now() AND state = 'queued') AS due
 ), notified_status AS (
     SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM inserted)
 )

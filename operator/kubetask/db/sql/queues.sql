@@ -48,3 +48,33 @@ SELECT name, paused, max_running, rate_tasks, rate_period_seconds, concurrency_k
        namespace_selector, allowed_namespaces, generation
 FROM kubetask_queues
 WHERE name = %(name)s;
+
+-- name: list_queues
+-- Every queue's row, for the operator to compare with the Queue objects.
+SELECT name, paused, max_running, rate_tasks, rate_period_seconds, concurrency_key_limit,
+       namespace_selector, allowed_namespaces, generation
+FROM kubetask_queues
+ORDER BY name;
+
+-- name: refuse_outside_namespaces
+-- Waiting tasks (queued or retrying) of a queue whose row no longer admits their namespace (the Queue was
+-- created after them, its selector changed, the namespace was relabelled): refused for good, as at
+-- admission, with the message from %(refusal)s. Running tasks finish.
+WITH refused AS (
+    UPDATE kubetask_tasks AS t
+    SET state = 'dead_letter',
+        finished_at = now(),
+        last_error = jsonb_build_object(
+            'type', 'QueueRefused', 'attempt', t.attempts,
+            'message', format(%(refusal)s::text, t.namespace, t.queue, q.namespace_selector::text, t.name)),
+        version = t.version + 1
+    FROM kubetask_queues AS q
+    WHERE t.queue = q.name AND q.allowed_namespaces IS NOT NULL
+      AND t.state IN ('queued', 'retrying') AND NOT (t.namespace = ANY(q.allowed_namespaces))
+    RETURNING t.namespace, t.name, t.queue
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM refused)
+)
+SELECT r.namespace, r.name, r.queue, (SELECT count(*) FROM notified_status) AS notified
+FROM refused AS r
+ORDER BY r.queue, r.namespace, r.name;
