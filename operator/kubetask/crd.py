@@ -64,7 +64,8 @@ def _cel_string(text: str) -> str:
 QUEUE_SELECTOR_RULES = [
     {
         # Kubernetes' own rule for a selector requirement, which the schema alone cannot say.
-        "rule": "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+        "rule": "self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0"
+                " : !has(self.values) || size(self.values) == 0",
         "message": "operator In and NotIn need at least one value; Exists and DoesNotExist take none",
         "fieldPath": ".values",
     },
