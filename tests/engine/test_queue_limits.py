@@ -219,3 +219,46 @@ async def test_tasks_of_namespaces_the_queue_does_not_admit_are_never_claimed(co
     await limit(conn, allowed_namespaces=("team-a",))
     assert [t.name for t in await claim(conn, 10)] == ["a"]
     assert await claim(conn, 10) == []
+
+
+async def test_a_throttled_claim_says_when_the_next_token_comes(conn: db.connection.Conn, new_task) -> None:
+    await db.queue.admit(conn, [new_task() for _ in range(10)])
+    await limit(conn, rate_tasks=4, rate_period_seconds=3600)
+    result = await db.queue.complete_and_claim(conn, "pod/1", [], queue=QUEUE, worker_pod="pod", limit=10,
+                                               lease_seconds=30)
+    assert len(result.claimed) == 4
+    assert result.throttled_seconds is not None and 899 < result.throttled_seconds <= 900, \
+        "one token in a quarter of an hour"
+    await limit(conn, rate_tasks=None, rate_period_seconds=None, max_running=100)
+    unthrottled = await db.queue.complete_and_claim(conn, "pod/1", [], queue=QUEUE, worker_pod="pod", limit=2,
+                                                    lease_seconds=30)
+    assert len(unthrottled.claimed) == 2 and unthrottled.throttled_seconds is None
+
+
+async def test_worker_processes_keep_to_the_rate_not_to_their_poll(dsn: str, conn: db.connection.Conn, new_task,
+                                                                   start_worker_process, sigterm_when) -> None:
+    """Two real workers polling every 5 s drain 30 tasks at 10/s: they look again when the next token comes
+    (a poll would waste the refill), and never faster than the bucket allows."""
+    await limit(conn, rate_tasks=10, rate_period_seconds=1)
+    await db.queue.admit(conn, [new_task() for _ in range(30)])
+    env = {"DATABASE_URL": dsn, "KUBETASK_POLL_INTERVAL_SECONDS": "5", "KUBETASK_LIVENESS_STALL_SECONDS": "30",
+           "KUBETASK_CONCURRENCY": "4", "KUBETASK_HANDLERS": "kubetask.demo"}
+    workers = [await start_worker_process({**env, "POD_NAME": f"rate-{i}"}) for i in range(2)]
+
+    async def drained() -> bool:
+        row = await (await conn.execute(
+            "SELECT count(*) FROM kubetask_tasks WHERE state = 'succeeded'")).fetchone()
+        return row is not None and row[0] == 30
+
+    try:
+        code, output = await sigterm_when(workers[0], drained, "30 tasks through the rate limit", timeout=30)
+        assert code == 0, output.decode()
+    finally:
+        for process in workers[1:]:
+            process.terminate()
+            await process.wait()
+    row = await (await conn.execute(
+        "SELECT extract(epoch FROM max(started_at) - min(started_at))::float8 FROM kubetask_tasks")).fetchone()
+    assert row is not None
+    # A full bucket (10) at once, then 20 more at 10/s: the last starts about 2 s after the first.
+    assert 1.7 <= row[0] <= 3.0, f"the 30th task started {row[0]:.2f} s after the first"

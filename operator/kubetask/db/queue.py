@@ -23,7 +23,7 @@ import dataclasses
 import datetime
 import functools
 from collections.abc import Sequence
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 
 from psycopg.types.json import Jsonb
 
@@ -143,7 +143,7 @@ async def claim(conn: Conn, queue: str, lease_owner: str, worker_pod: str, limit
     """Lease up to ``limit`` due tasks of ``queue`` (priority, then run_at, then id) in one statement."""
     if limit <= 0:
         return []
-    _, claimed = await complete_and_claim(conn, lease_owner, [], queue=queue, worker_pod=worker_pod,
+    _, claimed, _ = await complete_and_claim(conn, lease_owner, [], queue=queue, worker_pod=worker_pod,
                                           limit=limit, lease_seconds=lease_seconds)
     return claimed
 
@@ -163,9 +163,19 @@ def _complete_and_claim_with_limit(limit: int) -> LiteralString:
     return sql.trusted(QUERIES["complete_and_claim"].replace("%(limit)s", str(int(limit))))
 
 
+class Claim(NamedTuple):
+    """What one complete-and-claim did."""
+
+    recorded: set[int]
+    """Ids of the successes written."""
+    claimed: list[ClaimedTask]
+    throttled_seconds: float | None = None
+    """Seconds until the queue's rate limit allows another claim, when it allows none now; else None."""
+
+
 async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]], *,
                              queue: str, worker_pod: str, limit: int,
-                             lease_seconds: float) -> tuple[set[int], list[ClaimedTask]]:
+                             lease_seconds: float) -> Claim:
     """Record (task_id, attempt, result) successes and lease up to ``limit`` due tasks, in one statement.
 
     Returns the ids recorded (an id missing from it was not ours any more:
@@ -178,23 +188,24 @@ async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[t
     records the successes and finds the queue limited, claiming nothing. A
     queue with no limit (or no Queue) is one statement, as before.
     """
-    recorded, claimed, limited = await _complete_and_claim(
+    first, limited = await _complete_and_claim(
         conn, lease_owner, successes, queue=queue, worker_pod=worker_pod, limit=limit,
         lease_seconds=lease_seconds, locked=False)
-    if limited and limit > 0:
-        # The queue has a limit: claim again holding its row's lock, so claimers take turns and each
-        # counts what the one before it claimed (see complete_and_claim in sql/queue.sql).
-        async with conn.transaction():
-            await conn.execute(QUERIES["lock_queue"], {"queue": queue})
-            _, claimed, _ = await _complete_and_claim(
-                conn, lease_owner, [], queue=queue, worker_pod=worker_pod, limit=limit,
-                lease_seconds=lease_seconds, locked=True)
-    return recorded, claimed
+    if not limited or limit <= 0:
+        return first
+    # The queue has a limit: claim again holding its row's lock, so claimers take turns and each
+    # counts what the one before it claimed (see complete_and_claim in sql/queue.sql).
+    async with conn.transaction():
+        await conn.execute(QUERIES["lock_queue"], {"queue": queue})
+        second, _ = await _complete_and_claim(
+            conn, lease_owner, [], queue=queue, worker_pod=worker_pod, limit=limit,
+            lease_seconds=lease_seconds, locked=True)
+    return Claim(first.recorded, second.claimed, second.throttled_seconds)
 
 
 async def _complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]], *,
                               queue: str, worker_pod: str, limit: int, lease_seconds: float,
-                              locked: bool) -> tuple[set[int], list[ClaimedTask], bool]:
+                              locked: bool) -> tuple[Claim, bool]:
     cursor = await conn.execute(_complete_and_claim_with_limit(max(limit, 0)), {
         "done_id": [task_id for task_id, _, _ in successes],
         "done_attempt": [attempt for _, attempt, _ in successes],
@@ -205,7 +216,8 @@ async def _complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[
     rows = await cursor.fetchall()
     recorded = set(rows[0][0]) if rows else set()
     limited = bool(rows[0][2]) if rows else False
-    return recorded, [_claimed(row[3:]) for row in rows if row[3] is not None], limited
+    throttled = rows[0][3] if rows else None
+    return Claim(recorded, [_claimed(row[4:]) for row in rows if row[4] is not None], throttled), limited
 
 
 def _claimed(row: Sequence[Any]) -> ClaimedTask:
@@ -227,7 +239,7 @@ async def complete_many(conn: Conn, lease_owner: str, successes: Sequence[tuple[
     """Record (task_id, attempt, result) successes in one statement; return the ids recorded."""
     if not successes:
         return set()
-    recorded, _ = await complete_and_claim(conn, lease_owner, successes, queue="", worker_pod="", limit=0,
+    recorded, _, _ = await complete_and_claim(conn, lease_owner, successes, queue="", worker_pod="", limit=0,
                                            lease_seconds=0)
     return recorded
 

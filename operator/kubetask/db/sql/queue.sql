@@ -197,6 +197,11 @@ WITH incoming AS (
 SELECT (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
        (SELECT count(*) FROM notified_status) AS notified,
        (SELECT coalesce(bool_or(limited), false) FROM queue_row) AS limited,
+       -- Seconds until the rate limit has a whole token again, when this claim left it less than one:
+       -- the worker looks again then, rather than at its next poll (which would waste the refill).
+       (SELECT (1 - (b.available - (SELECT count(*) FROM claimed))) * q.rate_period_seconds / q.rate_tasks
+        FROM bucket AS b, queue_row AS q
+        WHERE %(locked)s AND b.available - (SELECT count(*) FROM claimed) < 1)::float8 AS throttled_seconds,
        c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
        c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
        c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
