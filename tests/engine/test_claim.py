@@ -95,7 +95,7 @@ async def plan(conn: db.connection.Conn, query: str, params: dict[str, object]) 
 
 async def test_queries_are_served_by_their_partial_indexes(conn: db.connection.Conn) -> None:
     claim = await plan(conn, db.queue.QUERIES["complete_and_claim"], {
-        "queue": "q", "lease_owner": "o", "worker_pod": "p", "limit": 5, "lease_seconds": 30, "locked": False,
+        "queue": "q", "lease_owner": "o", "worker_pod": "p", "limit": 5, "lease_seconds": 30,
         "done_id": [], "done_attempt": [], "done_results": Jsonb([])})
     picking = claim.split("CTE picked")[1].split("CTE claimed")[0]
     assert "Index Scan using kubetask_tasks_claim" in picking

@@ -148,8 +148,8 @@ async def claim(conn: Conn, queue: str, lease_owner: str, worker_pod: str, limit
     return claimed
 
 
-@functools.lru_cache(maxsize=1024)
-def _complete_and_claim_with_limit(limit: int) -> LiteralString:
+@functools.lru_cache(maxsize=2048)
+def _with_limit(query: str, limit: int) -> LiteralString:
     """The statement with its LIMIT written as a literal: one prepared statement per limit.
 
     With ``LIMIT $n`` PostgreSQL's generic plan cannot know how small the
@@ -160,7 +160,7 @@ def _complete_and_claim_with_limit(limit: int) -> LiteralString:
     prepared statement whose generic plan is as cheap as a custom one, so it
     is planned once per connection.
     """
-    return sql.trusted(QUERIES["complete_and_claim"].replace("%(limit)s", str(int(limit))))
+    return sql.trusted(QUERIES[query].replace("%(limit)s", str(int(limit))))
 
 
 class Claim(NamedTuple):
@@ -174,50 +174,39 @@ class Claim(NamedTuple):
 
 
 async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]], *,
-                             queue: str, worker_pod: str, limit: int,
-                             lease_seconds: float) -> Claim:
-    """Record (task_id, attempt, result) successes and lease up to ``limit`` due tasks, in one statement.
+                             queue: str, worker_pod: str, limit: int, lease_seconds: float) -> Claim:
+    """Record (task_id, attempt, result) successes and lease up to ``limit`` due tasks.
 
     Returns the ids recorded (an id missing from it was not ours any more:
     rescued, cancelled, superseded; nothing changed for it) and the tasks
     claimed. Each task may appear once in ``successes``. ``limit`` 0 only
     records.
 
-    A queue whose Queue sets a limit is claimed from in a second,
-    short transaction that holds the queue row's lock: the first statement
-    records the successes and finds the queue limited, claiming nothing. A
-    queue with no limit (or no Queue) is one statement, as before.
+    A queue with no limit (or no Queue) is one statement. A queue whose Queue
+    sets a limit costs a second, short transaction: the first statement
+    records the successes and finds the queue limited, then ``claim_limited``
+    claims holding the queue row's lock, so the queue's claimers take turns
+    and each counts what the one before it claimed.
     """
-    first, limited = await _complete_and_claim(
-        conn, lease_owner, successes, queue=queue, worker_pod=worker_pod, limit=limit,
-        lease_seconds=lease_seconds, locked=False)
-    if not limited or limit <= 0:
-        return first
-    # The queue has a limit: claim again holding its row's lock, so claimers take turns and each
-    # counts what the one before it claimed (see complete_and_claim in sql/queue.sql).
-    async with conn.transaction():
-        await conn.execute(QUERIES["lock_queue"], {"queue": queue})
-        second, _ = await _complete_and_claim(
-            conn, lease_owner, [], queue=queue, worker_pod=worker_pod, limit=limit,
-            lease_seconds=lease_seconds, locked=True)
-    return Claim(first.recorded, second.claimed, second.throttled_seconds)
-
-
-async def _complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]], *,
-                              queue: str, worker_pod: str, limit: int, lease_seconds: float,
-                              locked: bool) -> tuple[Claim, bool]:
-    cursor = await conn.execute(_complete_and_claim_with_limit(max(limit, 0)), {
+    params = {"lease_owner": lease_owner, "queue": queue, "worker_pod": worker_pod, "lease_seconds": lease_seconds}
+    cursor = await conn.execute(_with_limit("complete_and_claim", max(limit, 0)), {
         "done_id": [task_id for task_id, _, _ in successes],
         "done_attempt": [attempt for _, attempt, _ in successes],
         "done_results": Jsonb([result for _, _, result in successes]),
-        "lease_owner": lease_owner, "queue": queue, "worker_pod": worker_pod,
-        "lease_seconds": lease_seconds, "locked": locked,
+        **params,
     })
     rows = await cursor.fetchall()
-    recorded = set(rows[0][0]) if rows else set()
+    recorded: set[int] = set(rows[0][0]) if rows else set()
     limited = bool(rows[0][2]) if rows else False
-    throttled = rows[0][3] if rows else None
-    return Claim(recorded, [_claimed(row[4:]) for row in rows if row[4] is not None], throttled), limited
+    claimed = [_claimed(row[3:]) for row in rows if row[3] is not None]
+    if not limited or limit <= 0:
+        return Claim(recorded, claimed)
+    async with conn.transaction():
+        await conn.execute(QUERIES["lock_queue"], {"queue": queue})
+        cursor = await conn.execute(_with_limit("claim_limited", limit), params)
+        rows = await cursor.fetchall()
+    throttled = rows[0][1] if rows else None
+    return Claim(recorded, [_claimed(row[2:]) for row in rows if row[2] is not None], throttled)
 
 
 def _claimed(row: Sequence[Any]) -> ClaimedTask:
