@@ -301,6 +301,28 @@ class Kube:
         }
         await self._http.request("POST", f"/api/v1/namespaces/{_quote(namespace)}/events", body)
 
+    # -- Queues and the namespaces they admit ----------------------------------------
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every Queue object (cluster-scoped); ``NotFound`` when the Queue CRD is not installed."""
+        return await self._list_all(f"/apis/{model.GROUP}/{model.VERSION}/{model.QUEUE_PLURAL}")
+
+    async def namespace_labels(self) -> dict[str, dict[str, str]]:
+        """Every namespace's labels, by name (metadata only)."""
+        items = await self._list_all("/api/v1/namespaces", accept=METADATA_LIST)
+        return {item["metadata"]["name"]: dict(item["metadata"].get("labels") or {}) for item in items}
+
+    async def _list_all(self, collection: str, accept: str = "application/json") -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cont: str | None = None
+        while True:
+            query = f"?limit={LIST_PAGE}" + (f"&continue={_quote(cont)}" if cont else "")
+            page = json.loads(await self._http.request("GET", collection + query, None, accept=accept))
+            items.extend(page.get("items") or ())
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                return items
+
     # -- worker pools ---------------------------------------------------------------
 
     async def pool_deployments(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:

@@ -1,8 +1,8 @@
-"""The Task resource, written once.
+"""The Task and Queue resources, written once.
 
-These pydantic models are the single source of truth for the Task schema:
-``crds/task.yaml`` is generated from them (``make crds``) and a test fails
-when the two drift. Field docstrings become the OpenAPI descriptions that
+These pydantic models are the single source of truth for both schemas:
+``crds/task.yaml`` and ``crds/queue.yaml`` are generated from them (``make
+crds``) and a test fails when they drift. Field docstrings become the OpenAPI descriptions that
 ``kubectl explain task.spec`` prints, so they are written for users.
 
 Rules that only the API server can enforce at ``kubectl apply`` time (mutually
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic.alias_generators import to_camel
@@ -29,6 +30,11 @@ PLURAL = "tasks"
 SINGULAR = "task"
 SHORT_NAMES = ("kt",)
 API_VERSION = f"{GROUP}/{VERSION}"
+
+QUEUE_KIND = "Queue"
+QUEUE_PLURAL = "queues"
+QUEUE_SINGULAR = "queue"
+QUEUE_SHORT_NAMES = ("ktq",)
 
 #: The controller a Task without ``spec.managedBy`` belongs to: the operator's default name
 #: (``KUBETASK_MANAGED_BY``).
@@ -97,7 +103,25 @@ def find_nul(value: Any, path: str = "$") -> str | None:
 
 
 _QUEUE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A queue's name: what ``spec.queue`` of a Task holds, and the name of its Queue object.
+QUEUE_NAME_PATTERN = _QUEUE_PATTERN
 _TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+#: Longest ``spec.concurrencyKey``.
+MAX_CONCURRENCY_KEY_LENGTH = 253
+#: ``spec.concurrencyKey``: any text without control characters (a customer id, an e-mail address, a URL).
+CONCURRENCY_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+#: A label key: an optional DNS-subdomain prefix and ``/``, then a name of at most 63 characters (as Kubernetes'
+#: own validation; the lengths are checked separately).
+LABEL_KEY_PATTERN = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+#: A label value: empty, or at most 63 alphanumerics with ``-``, ``_`` and ``.`` inside.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+MAX_LABEL_KEY_LENGTH = 253 + 1 + 63
+MAX_LABEL_VALUE_LENGTH = 63
+#: Bounds that keep a selector's CEL rules cheap for the API server to check.
+MAX_SELECTOR_LABELS = 64
+MAX_SELECTOR_EXPRESSIONS = 32
+MAX_SELECTOR_VALUES = 64
 
 
 class _Schema(pydantic.BaseModel):
@@ -157,6 +181,10 @@ class TaskSpec(_Schema):
 
     ttl_seconds_after_finished: int | None = pydantic.Field(default=None, ge=0, le=31536000)
     """Delete the Task object this many seconds after it finished (Succeeded, DeadLetter or Cancelled). History stays in PostgreSQL. Unset: the operator's default (KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED, 7 days unless set; 0 there keeps it)."""
+
+    concurrency_key: str | None = pydantic.Field(default=None, min_length=1, max_length=MAX_CONCURRENCY_KEY_LENGTH,
+                                                 pattern=CONCURRENCY_KEY_PATTERN)
+    """Tasks of one queue that share this key (e.g. a customer id) run at most the Queue's concurrencyKeyLimit at a time; the others wait, spending no retries. At most 253 characters, no control characters. Unset: no key, no such limit."""
 
     managed_by: str | None = pydantic.Field(default=None, max_length=MAX_MANAGED_BY_LENGTH,
                                             pattern=MANAGED_BY_PATTERN)
@@ -281,3 +309,163 @@ class Task(_Schema):
     metadata: dict[str, Any] = pydantic.Field(default_factory=dict)
     spec: TaskSpec
     status: TaskStatus | None = None
+
+
+# -- the Queue resource ------------------------------------------------------------------------
+
+
+class SelectorOperator(str, enum.Enum):
+    """How a selector requirement compares a namespace's label with its values."""
+
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+LabelValue = Annotated[str, pydantic.Field(max_length=MAX_LABEL_VALUE_LENGTH, pattern=LABEL_VALUE_PATTERN)]
+"""A label value: empty, or at most 63 alphanumerics with ``-``, ``_`` and ``.`` inside."""
+
+
+class LabelSelectorRequirement(_Schema):
+    """One requirement on a label of the namespace: `key` `operator` `values`."""
+
+    key: str = pydantic.Field(min_length=1, max_length=MAX_LABEL_KEY_LENGTH, pattern=LABEL_KEY_PATTERN)
+    """The label key, e.g. `kubernetes.io/metadata.name` or `team`."""
+
+    operator: SelectorOperator
+    """In, NotIn, Exists or DoesNotExist."""
+
+    values: list[LabelValue] = pydantic.Field(default_factory=list, max_length=MAX_SELECTOR_VALUES)
+    """Label values: at least one for In and NotIn, none for Exists and DoesNotExist."""
+
+    @pydantic.model_validator(mode="after")
+    def _values_fit_the_operator(self) -> "LabelSelectorRequirement":
+        needs_values = self.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN)
+        if needs_values and not self.values:
+            raise ValueError(f"operator {self.operator.value} needs at least one value")
+        if not needs_values and self.values:
+            raise ValueError(f"operator {self.operator.value} takes no values")
+        return self
+
+
+class LabelSelector(_Schema):
+    """A Kubernetes label selector over namespaces: every matchLabels pair and every matchExpressions requirement must hold. Empty (`{}`) matches every namespace."""
+
+    match_labels: dict[str, LabelValue] = pydantic.Field(default_factory=dict, max_length=MAX_SELECTOR_LABELS)
+    """Labels the namespace must have, with these values, e.g. `{team: payments}`."""
+
+    match_expressions: list[LabelSelectorRequirement] = pydantic.Field(default_factory=list,
+                                                                       max_length=MAX_SELECTOR_EXPRESSIONS)
+    """Requirements on the namespace's labels, all of which must hold."""
+
+    @pydantic.field_validator("match_labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        # The CRD says the same in a CEL rule (crd.QUEUE_MATCH_LABELS_RULES): OpenAPI cannot constrain map keys.
+        for key in labels:
+            if len(key) > MAX_LABEL_KEY_LENGTH or not re.match(LABEL_KEY_PATTERN, key):
+                raise ValueError(f"{key!r} is not a label key")
+        return labels
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Whether a namespace with these labels is selected (Kubernetes' own semantics)."""
+        if any(labels.get(key) != value for key, value in self.match_labels.items()):
+            return False
+        for requirement in self.match_expressions:
+            present = requirement.key in labels
+            value = labels.get(requirement.key)
+            if requirement.operator is SelectorOperator.IN and not (present and value in requirement.values):
+                return False
+            if requirement.operator is SelectorOperator.NOT_IN and present and value in requirement.values:
+                return False
+            if requirement.operator is SelectorOperator.EXISTS and not present:
+                return False
+            if requirement.operator is SelectorOperator.DOES_NOT_EXIST and present:
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The selector as ``kubectl`` writes one (``team=payments,env in (prod)``); ``<everything>`` when empty."""
+        parts = [f"{key}={value}" for key, value in sorted(self.match_labels.items())]
+        for requirement in self.match_expressions:
+            if requirement.operator is SelectorOperator.EXISTS:
+                parts.append(requirement.key)
+            elif requirement.operator is SelectorOperator.DOES_NOT_EXIST:
+                parts.append(f"!{requirement.key}")
+            else:
+                word = "in" if requirement.operator is SelectorOperator.IN else "notin"
+                parts.append(f"{requirement.key} {word} ({','.join(requirement.values)})")
+        return ",".join(parts) or "<everything>"
+
+
+class RateLimit(_Schema):
+    """At most `tasks` claims in any `periodSeconds` (a token bucket refilled evenly, on the database's clock), over every worker of the queue."""
+
+    tasks: int = pydantic.Field(ge=1, le=1_000_000)
+    """Claims allowed per period, at least 1; also the largest burst."""
+
+    period_seconds: int = pydantic.Field(ge=1, le=86400)
+    """Length of the period in seconds, 1 to 86400 (a day)."""
+
+
+class QueueSpec(_Schema):
+    """Who may submit to the queue and how its tasks are claimed. Limits hold across every worker, enforced in PostgreSQL when a task is claimed."""
+
+    namespace_selector: LabelSelector = pydantic.Field(default_factory=LabelSelector)
+    """Namespaces whose Tasks may use this queue, by their labels (e.g. `matchLabels: {kubernetes.io/metadata.name: team-a}`). A Task from any other namespace never runs: it is refused (phase DeadLetter, lastError QueueRefused, a Refused Event). Default `{}`: every namespace."""
+
+    paused: bool = False
+    """While true nothing new of this queue is claimed: running tasks finish, new Tasks keep queueing. Default false."""
+
+    max_running: int | None = pydantic.Field(default=None, ge=1, le=100_000)
+    """At most this many tasks of the queue run at once, over all its workers. Unset: no limit but the workers'."""
+
+    rate_limit: RateLimit | None = None
+    """At most rateLimit.tasks claims per rateLimit.periodSeconds. Unset: no rate limit."""
+
+    concurrency_key_limit: int | None = pydantic.Field(default=None, ge=1, le=10_000)
+    """At most this many tasks with the same spec.concurrencyKey run at once; the others wait, spending no retries. Tasks without a key are not limited. Unset: no limit."""
+
+
+class QueueStatus(_Schema):
+    """The queue as PostgreSQL sees it, mirrored by the operator. Never edit by hand."""
+
+    pending: int | None = None
+    """Tasks queued and due, waiting for a worker."""
+    running: int | None = None
+    """Tasks running now."""
+    retrying: int | None = None
+    """Tasks waiting for their next attempt."""
+    dead_letter: int | None = None
+    """Tasks that gave up (kept until the history retention removes them)."""
+    oldest_waiting_seconds: float | None = None
+    """Seconds the longest-waiting due task has waited."""
+    claimed_last_minute: int | None = None
+    """Claims in the last 60 seconds."""
+    conditions: list[Condition] = pydantic.Field(default_factory=list)
+    """Why the queue is or is not claiming (e.g. Paused)."""
+    observed_generation: int | None = None
+    """metadata.generation this status describes."""
+
+
+#: ``lastError.type`` (and the condition's reason) of a Task its Queue refuses: its namespace is not one the
+#: Queue's namespaceSelector matches.
+QUEUE_REFUSED = "QueueRefused"
+#: The message of that refusal, a PostgreSQL ``format()`` template (the row is refused in SQL, at admission
+#: or when the Queue or the namespace changes): 1 the namespace, 2 the Queue, 3 its selector (JSON), 4 the Task.
+QUEUE_REFUSAL_MESSAGE = (
+    "Queue %2$s does not admit Tasks from namespace %1$s: its spec.namespaceSelector %3$s does not match the "
+    "namespace's labels, so this Task never runs. The cluster admin can label namespace %1$s to match, or widen "
+    "spec.namespaceSelector of Queue %2$s (kubectl edit queue %2$s); then "
+    "`kubectl annotate task %4$s " + RETRY_ANNOTATION + "=$(date +%%s) --overwrite` runs it.")
+
+
+class Queue(_Schema):
+    """A queue of kubetask Tasks, owned by the cluster admin: which namespaces may submit to it, whether it is paused, and how many of its tasks may run, how fast."""
+
+    api_version: Literal["kubetask.io/v1alpha1"] = "kubetask.io/v1alpha1"
+    kind: Literal["Queue"] = "Queue"
+    metadata: dict[str, Any] = pydantic.Field(default_factory=dict)
+    spec: QueueSpec = pydantic.Field(default_factory=QueueSpec)
+    status: QueueStatus | None = None

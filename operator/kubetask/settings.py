@@ -341,6 +341,11 @@ class OperatorSettings(_EnvSettings):
     (``KUBETASK_HISTORY_RETENTION_BATCH_SIZE``). Default 5,000: a batch holds its row locks for
     tens of milliseconds, so retention never stalls workers or the mirror."""
 
+    queue_resync_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between passes that compare every Queue object with its row in PostgreSQL even when no watch
+    event came (``KUBETASK_QUEUE_RESYNC_SECONDS``). Default 60: a LIST of Queues and one of namespaces each
+    time; events wake it at once, so this only bounds what a missed event costs."""
+
     orphan_sweep_seconds: float = Field(default=60.0, gt=0)
     """Seconds between sweeps that cancel tasks whose Task object was deleted while the operator was
     down (``KUBETASK_ORPHAN_SWEEP_SECONDS``). Default 60: one LIST of Tasks each time."""

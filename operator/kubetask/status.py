@@ -117,6 +117,11 @@ def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
     conditions = [_condition("Admitted", True, "Admitted", "stored in PostgreSQL", row.created_at)]
     if phase.finished:
         conditions.append(_condition("Finished", True, phase.value, f"finished as {phase.value}", row.finished_at))
+    # Only while refused: a Task retried after the admin let its namespace in keeps the refusal as its
+    # last error (until an attempt replaces it), but is no longer refused.
+    if phase is model.Phase.DEAD_LETTER and last_error is not None and last_error["type"] == model.QUEUE_REFUSED:
+        conditions.append(_condition("QueueAdmitted", False, model.QUEUE_REFUSED, str(last_error["message"]),
+                                     row.finished_at))
     waiting = phase in (model.Phase.QUEUED, model.Phase.RETRYING)
     if waiting and no_pool_for is not None:
         conditions.append(_condition(

@@ -76,6 +76,11 @@ def test_operator_rbac_works_and_grants_no_secrets(release_factory: Any) -> None
     assert _can_i(release, "patch", "deployments.apps", "--subresource=scale", "-n", ns)
     assert _can_i(release, "patch", "pods", "-n", ns)
     assert _can_i(release, "create", "events", "-n", ns)
+    # Queues (cluster-scoped) and namespace labels, read only: the admin's objects.
+    assert _can_i(release, "watch", "queues.kubetask.io")
+    assert _can_i(release, "list", "namespaces")
+    assert not _can_i(release, "patch", "queues.kubetask.io")
+    assert not _can_i(release, "patch", "namespaces")
     # ... and nothing it does not: no Secrets anywhere, no Tasks outside its namespaces, no deletes of pods,
     # no edit of a Task (only its status) or of a Deployment (only its scale).
     assert not _can_i(release, "get", "secrets", "-n", "default")

@@ -99,25 +99,29 @@ def test_the_removed_peering_values_are_refused(setting: str) -> None:
 # -- CRDs ------------------------------------------------------------------------------------
 
 
-def test_the_charts_crd_copy_equals_the_generated_crd() -> None:
-    copy = (CHART / "files" / "crds" / "task.yaml").read_bytes()
-    assert copy == (ROOT / "crds" / "task.yaml").read_bytes(), (
-        "charts/kubetask/files/crds/task.yaml differs from crds/task.yaml: "
-        "run `cp crds/task.yaml charts/kubetask/files/crds/task.yaml`")
+CRD_NAMES = ["tasks.kubetask.io", "queues.kubetask.io"]
 
 
-def test_the_rendered_task_crd_is_the_generated_one_plus_labels_and_keep() -> None:
+@pytest.mark.parametrize("file", ["task.yaml", "queue.yaml"])
+def test_the_charts_crd_copy_equals_the_generated_crd(file: str) -> None:
+    copy = (CHART / "files" / "crds" / file).read_bytes()
+    assert copy == (ROOT / "crds" / file).read_bytes(), (
+        f"charts/kubetask/files/crds/{file} differs from crds/{file}: run `make crds`")
+
+
+@pytest.mark.parametrize(("file", "name"), [("task.yaml", "tasks.kubetask.io"), ("queue.yaml", "queues.kubetask.io")])
+def test_the_rendered_crd_is_the_generated_one_plus_labels_and_keep(file: str, name: str) -> None:
     (rendered,) = [crd for crd in of_kind(render(*DB), "CustomResourceDefinition")
-                   if crd["metadata"]["name"] == "tasks.kubetask.io"]
-    generated = yaml.safe_load((ROOT / "crds" / "task.yaml").read_text())
+                   if crd["metadata"]["name"] == name]
+    generated = yaml.safe_load((ROOT / "crds" / file).read_text())
     assert rendered["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
     assert rendered["metadata"].pop("labels")["app.kubernetes.io/part-of"] == "kubetask"
     assert rendered == generated
 
 
-def test_the_task_crd_is_the_only_crd_and_can_be_left_out_or_not_kept() -> None:
+def test_the_task_and_queue_crds_are_the_only_crds_and_can_be_left_out_or_not_kept() -> None:
     names = [crd["metadata"]["name"] for crd in of_kind(render(*DB), "CustomResourceDefinition")]
-    assert names == ["tasks.kubetask.io"]
+    assert names == CRD_NAMES
     unkept = of_kind(render(*DB, "--set", "crds.keep=false"), "CustomResourceDefinition")
     assert unkept and all("annotations" not in crd["metadata"] for crd in unkept)
     assert of_kind(render(*DB, "--set", "crds.install=false"), "CustomResourceDefinition") == []
@@ -254,7 +258,7 @@ def test_two_operators_render_with_no_peering_objects_or_rbac(namespaces: tuple[
     assert not [obj for obj in objects if obj["apiVersion"].startswith("kopf.dev/")]
     assert not [obj for obj in objects if "peering" in json.dumps(obj).lower()]
     crds = [crd["metadata"]["name"] for crd in of_kind(objects, "CustomResourceDefinition")]
-    assert crds == ["tasks.kubetask.io"]
+    assert crds == CRD_NAMES
     for role in of_kind(objects, "ClusterRole") + of_kind(objects, "Role"):
         groups = {group for rule in role["rules"] for group in rule["apiGroups"]}
         assert "kopf.dev" not in groups, role["metadata"]["name"]
@@ -287,6 +291,11 @@ POOL_RULES = {
     ("", "events"): {"create"},
 }
 CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
+#: Queues are cluster-scoped, read only; namespaces are read for their labels (a Queue's namespaceSelector).
+QUEUE_RULES = {
+    ("kubetask.io", "queues"): {"get", "list", "watch"},
+    ("", "namespaces"): {"get", "list", "watch"},
+}
 
 
 def _roles(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[tuple[str, str], set[str]]]:
@@ -310,7 +319,7 @@ def test_cluster_wide_operator_rbac_is_least_privilege() -> None:
     """Cluster-wide: only what Tasks need; scaling Deployments and patching pods only in the release namespace."""
     objects = render(*DB, namespace="kt")
     (role,) = of_kind(objects, "ClusterRole")
-    assert _rules(role) == {**TASK_RULES, CRDS: {"get", "list", "watch"}}
+    assert _rules(role) == {**TASK_RULES, **QUEUE_RULES, CRDS: {"get", "list", "watch"}}
     assert _roles(objects) == {("kt", "kubetask-operator-pools"): POOL_RULES}
     _bound(objects)
     env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
@@ -323,7 +332,7 @@ def test_namespaced_operator_gets_a_role_per_namespace() -> None:
     assert _roles(objects) == {("kt", "kubetask-operator"): TASK_RULES, ("team-a", "kubetask-operator"): TASK_RULES,
                                ("kt", "kubetask-operator-pools"): POOL_RULES}
     (cluster_role,) = of_kind(objects, "ClusterRole")
-    assert set(_rules(cluster_role)) == {CRDS, ("", "namespaces")}
+    assert set(_rules(cluster_role)) == {CRDS, *QUEUE_RULES}
     assert all(verbs <= {"get", "list", "watch"} for verbs in _rules(cluster_role).values())
     _bound(objects)
 

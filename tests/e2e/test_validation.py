@@ -82,6 +82,10 @@ CASES = [
     ("managedBy over 63 characters", _with(managedBy="kubetask.io/" + "x" * 52), "spec.managedBy"),
     ("managedBy empty", _with(managedBy=""), "spec.managedBy"),
     ("managedBy a number", _with(managedBy=7), "spec.managedBy"),
+    ("concurrencyKey empty", _with(concurrencyKey=""), "spec.concurrencyKey"),
+    ("concurrencyKey over 253 characters", _with(concurrencyKey="k" * 254), "spec.concurrencyKey"),
+    ("concurrencyKey with a newline", _with(concurrencyKey="customer\n42"), "spec.concurrencyKey"),
+    ("concurrencyKey a number", _with(concurrencyKey=42), "spec.concurrencyKey"),
 ]
 
 

@@ -68,3 +68,19 @@ def test_find_nul_reports_keys_and_paths() -> None:
 async def test_unknown_uid_is_simply_absent(conn: db.connection.Conn) -> None:
     assert await db.reads.get_task(conn, str(uuid.uuid4())) is None
     assert await db.reads.task_history(conn, str(uuid.uuid4())) == []
+
+
+async def test_the_concurrency_key_is_admitted_with_the_task(conn: db.connection.Conn) -> None:
+    from kubetask.operator import admission
+
+    raw = {"metadata": {"uid": str(uuid.uuid4()), "namespace": "ns", "name": "keyed",
+                        "creationTimestamp": "2030-01-01T00:00:00Z"},
+           "spec": {"type": "echo", "concurrencyKey": "customer-42@example.com"}}
+    task = admission.admissible(raw)
+    assert isinstance(task, db.queue.NewTask) and task.concurrency_key == "customer-42@example.com"
+    await db.queue.admit(conn, [task])
+    cursor = await conn.execute("SELECT concurrency_key FROM kubetask_tasks WHERE uid = %s", [task.uid])
+    assert await cursor.fetchone() == ("customer-42@example.com",)
+    unkeyed = admission.admissible({**raw, "metadata": {**raw["metadata"], "uid": str(uuid.uuid4())},
+                                    "spec": {"type": "echo"}})
+    assert isinstance(unkeyed, db.queue.NewTask) and unkeyed.concurrency_key is None

@@ -71,9 +71,9 @@ async def test_the_worker_role_runs_a_tasks_whole_life(conn: db.connection.Conn,
     assert await db.queue.complete_many(worker, "pod/1", [(by_name["second"].id, 1, {"ok": True})]) == {
         by_name["second"].id}
     assert await db.queue.hand_back(worker, [by_name["third"].id], "pod/1") == 1
-    recorded, again = await db.queue.complete_and_claim(worker, "pod/2", [], queue="default", worker_pod="pod2",
-                                                        limit=5, lease_seconds=30)
-    assert recorded == set() and sorted(t.name for t in again) == ["first", "third"]
+    again = await db.queue.complete_and_claim(worker, "pod/2", [], queue="default", worker_pod="pod2",
+                                              limit=5, lease_seconds=30)
+    assert again.recorded == set() and sorted(t.name for t in again.claimed) == ["first", "third"]
     states = {row.name: row.state for row in [await db.reads.get_task(conn, t.uid) for t in (first, second, third)]
               if row is not None}
     assert states == {"first": "running", "second": "succeeded", "third": "running"}
@@ -207,7 +207,21 @@ async def test_a_worker_with_the_owners_credential_is_warned(dsn: str, start_wor
             seen.extend(await asyncio.wait_for(worker.stdout.read(4096), 0.5))
         except TimeoutError:
             pass
-        return b"could alter or delete every task" in seen
+        # Then serving (its SIGTERM handler installed): the warning comes before it.
+        return b"could alter or delete every task" in seen and b"serves queue" in seen
 
     code, _ = await sigterm_when(worker, warned, "the worker's warning about its superuser credential")
     assert code == 0 and b"a superuser" in seen
+
+
+async def test_the_worker_role_claims_from_a_limited_queue_but_cannot_lift_its_limits(
+        conn: db.connection.Conn, login: Login, new_task) -> None:
+    await conn.execute("INSERT INTO kubetask_queues (name, max_running, rate_tasks, rate_period_seconds) "
+                       "VALUES ('default', 1, 10, 1)")
+    await db.queue.admit(conn, [new_task(name="a"), new_task(name="b")])
+    worker = await login(db.roles.WORKER)
+    claimed = await db.queue.claim(worker, "default", "pod/1", "pod", 5, 30)
+    assert [t.name for t in claimed] == ["a"], "maxRunning 1 holds for the worker role too"
+    for statement in ("UPDATE kubetask_queues SET max_running = NULL", "UPDATE kubetask_queues SET paused = false",
+                      "DELETE FROM kubetask_queues", "INSERT INTO kubetask_queues (name) VALUES ('mine')"):
+        await _refused(worker, statement)

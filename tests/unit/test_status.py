@@ -76,3 +76,16 @@ def test_retrying_events_are_thinned_to_powers_of_two() -> None:
     from kubetask.operator import mirror
 
     assert [n for n in range(1, 101) if mirror.thinned_in(n)] == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_a_task_its_queue_refuses_says_so_in_a_condition_until_it_is_retried() -> None:
+    refusal = {"type": model.QUEUE_REFUSED, "message": "Queue q does not admit Tasks from namespace n: …",
+               "attempt": 0}
+    refused = status.build(Row("dead_letter", finished_at=T0, last_error=refusal))
+    assert refused["phase"] == "DeadLetter"
+    [condition] = [c for c in refused["conditions"] if c["type"] == "QueueAdmitted"]
+    assert (condition["status"], condition["reason"], condition["message"]) == (
+        "False", model.QUEUE_REFUSED, refusal["message"])
+    retried = status.build(Row("queued", last_error=refusal))
+    assert retried["phase"] == "Queued"
+    assert "QueueAdmitted" not in [c["type"] for c in retried["conditions"]]

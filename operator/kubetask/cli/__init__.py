@@ -7,7 +7,7 @@
     kubetask retry NAME                     run a finished Task again (the retry annotation)
     kubetask stats                          per-queue numbers from PostgreSQL
     kubetask dead-letter list | retry       the dead letter
-    kubetask crd                            print the Task CRD generated from the models
+    kubetask crd                            print the Task and Queue CRDs generated from the models
 
 Exit codes, for scripts: 0 success; 1 the Task failed (DeadLetter or Cancelled)
 or a runtime error; 2 bad usage or configuration; 3 not found; 4 timed out;
@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
 
     command("operator", _operator, "run the operator (admits Tasks, mirrors status, scales worker pools)", ns=False)
     command("worker", _worker, "run a worker (claims and runs tasks from PostgreSQL)", ns=False)
-    command("crd", _crd, "print the Task CustomResourceDefinition", ns=False)
+    command("crd", _crd, "print the Task and Queue CustomResourceDefinitions", ns=False)
 
     p = command("submit", tasks.submit, "create a Task", output=("json",))
     p.add_argument("type", help="handler name, e.g. echo")

@@ -23,11 +23,11 @@ import dataclasses
 import datetime
 import functools
 from collections.abc import Sequence
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 
 from psycopg.types.json import Jsonb
 
-from kubetask import retry, states
+from kubetask import model, retry, states
 from kubetask.db import sql
 from kubetask.db.connection import Conn, one
 
@@ -82,6 +82,8 @@ class NewTask:
     """None: due now (the database's clock)."""
     ttl_seconds_after_finished: int | None = None
     """Delete the finished Task object this long after it finished (see ``upkeep.expired_ttl``); None: keep it."""
+    concurrency_key: str | None = None
+    """``spec.concurrencyKey``: the Queue's concurrencyKeyLimit counts running tasks per key. None: no key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +122,10 @@ def clean_text(text: str, limit: int, keep_tail: bool = False) -> str:
 
 
 async def admit(conn: Conn, tasks: Sequence[NewTask]) -> int:
-    """Insert new tasks in one round trip; a uid already known is skipped. Returns how many were new."""
+    """Insert new tasks in one round trip; a uid already known is skipped. Returns how many were new.
+
+    A task whose queue's row (``db.queues``) does not admit its namespace is inserted refused.
+    """
     if not tasks:
         return 0
     columns: dict[str, list[Any]] = {field.name: [] for field in dataclasses.fields(NewTask)}
@@ -128,7 +133,8 @@ async def admit(conn: Conn, tasks: Sequence[NewTask]) -> int:
         for field, values in columns.items():
             value = getattr(task, field)
             values.append(Jsonb(value) if field == "payload" else value)
-    row = await one(conn, QUERIES["admit"], columns)
+    params: dict[str, Any] = {**columns, "refusal": model.QUEUE_REFUSAL_MESSAGE}
+    row = await one(conn, QUERIES["admit"], params)
     return int(row[0])
 
 
@@ -137,13 +143,13 @@ async def claim(conn: Conn, queue: str, lease_owner: str, worker_pod: str, limit
     """Lease up to ``limit`` due tasks of ``queue`` (priority, then run_at, then id) in one statement."""
     if limit <= 0:
         return []
-    _, claimed = await complete_and_claim(conn, lease_owner, [], queue=queue, worker_pod=worker_pod,
+    _, claimed, _ = await complete_and_claim(conn, lease_owner, [], queue=queue, worker_pod=worker_pod,
                                           limit=limit, lease_seconds=lease_seconds)
     return claimed
 
 
-@functools.lru_cache(maxsize=1024)
-def _complete_and_claim_with_limit(limit: int) -> LiteralString:
+@functools.lru_cache(maxsize=2048)
+def _with_limit(query: str, limit: int) -> LiteralString:
     """The statement with its LIMIT written as a literal: one prepared statement per limit.
 
     With ``LIMIT $n`` PostgreSQL's generic plan cannot know how small the
@@ -154,29 +160,53 @@ def _complete_and_claim_with_limit(limit: int) -> LiteralString:
     prepared statement whose generic plan is as cheap as a custom one, so it
     is planned once per connection.
     """
-    return sql.trusted(QUERIES["complete_and_claim"].replace("%(limit)s", str(int(limit))))
+    return sql.trusted(QUERIES[query].replace("%(limit)s", str(int(limit))))
+
+
+class Claim(NamedTuple):
+    """What one complete-and-claim did."""
+
+    recorded: set[int]
+    """Ids of the successes written."""
+    claimed: list[ClaimedTask]
+    throttled_seconds: float | None = None
+    """Seconds until the queue's rate limit allows another claim, when it allows none now; else None."""
 
 
 async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]], *,
-                             queue: str, worker_pod: str, limit: int,
-                             lease_seconds: float) -> tuple[set[int], list[ClaimedTask]]:
-    """Record (task_id, attempt, result) successes and lease up to ``limit`` due tasks, in one statement.
+                             queue: str, worker_pod: str, limit: int, lease_seconds: float) -> Claim:
+    """Record (task_id, attempt, result) successes and lease up to ``limit`` due tasks.
 
     Returns the ids recorded (an id missing from it was not ours any more:
     rescued, cancelled, superseded; nothing changed for it) and the tasks
     claimed. Each task may appear once in ``successes``. ``limit`` 0 only
     records.
+
+    A queue with no limit (or no Queue) is one statement. A queue whose Queue
+    sets a limit costs a second, short transaction: the first statement
+    records the successes and finds the queue limited, then ``claim_limited``
+    claims holding the queue row's lock, so the queue's claimers take turns
+    and each counts what the one before it claimed.
     """
-    cursor = await conn.execute(_complete_and_claim_with_limit(max(limit, 0)), {
+    params = {"lease_owner": lease_owner, "queue": queue, "worker_pod": worker_pod, "lease_seconds": lease_seconds}
+    cursor = await conn.execute(_with_limit("complete_and_claim", max(limit, 0)), {
         "done_id": [task_id for task_id, _, _ in successes],
         "done_attempt": [attempt for _, attempt, _ in successes],
         "done_results": Jsonb([result for _, _, result in successes]),
-        "lease_owner": lease_owner, "queue": queue, "worker_pod": worker_pod,
-        "lease_seconds": lease_seconds,
+        **params,
     })
     rows = await cursor.fetchall()
-    recorded = set(rows[0][0]) if rows else set()
-    return recorded, [_claimed(row[2:]) for row in rows if row[2] is not None]
+    recorded: set[int] = set(rows[0][0]) if rows else set()
+    limited = bool(rows[0][2]) if rows else False
+    claimed = [_claimed(row[3:]) for row in rows if row[3] is not None]
+    if not limited or limit <= 0:
+        return Claim(recorded, claimed)
+    async with conn.transaction():
+        await conn.execute(QUERIES["lock_queue"], {"queue": queue})
+        cursor = await conn.execute(_with_limit("claim_limited", limit), params)
+        rows = await cursor.fetchall()
+    throttled = rows[0][1] if rows else None
+    return Claim(recorded, [_claimed(row[2:]) for row in rows if row[2] is not None], throttled)
 
 
 def _claimed(row: Sequence[Any]) -> ClaimedTask:
@@ -198,7 +228,7 @@ async def complete_many(conn: Conn, lease_owner: str, successes: Sequence[tuple[
     """Record (task_id, attempt, result) successes in one statement; return the ids recorded."""
     if not successes:
         return set()
-    recorded, _ = await complete_and_claim(conn, lease_owner, successes, queue="", worker_pod="", limit=0,
+    recorded, _, _ = await complete_and_claim(conn, lease_owner, successes, queue="", worker_pod="", limit=0,
                                            lease_seconds=0)
     return recorded
 

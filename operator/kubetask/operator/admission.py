@@ -84,6 +84,7 @@ def admissible(raw: dict[str, Any], default_ttl: int | None = None) -> db.queue.
         timeout_seconds=spec.timeout_seconds, run_at=run_at,
         ttl_seconds_after_finished=(spec.ttl_seconds_after_finished if spec.ttl_seconds_after_finished is not None
                                     else default_ttl),
+        concurrency_key=spec.concurrency_key,
     )
 
 

@@ -1,6 +1,7 @@
 """The kopf application: the only module that imports kopf.
 
-kopf only *watches*, and only Tasks: the worker-pool Deployments are
+kopf only *watches*: Tasks, and Queues and namespaces (whose events only
+wake the queues service, which lists them itself). The worker-pool Deployments are
 followed by ``pools``, in the pool namespaces alone. Its handlers are
 ``on.event`` handlers, which keep no state on the objects (no progress
 annotations, no finalizers), so kopf itself adds no write per Task; what an
@@ -122,6 +123,18 @@ async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_
         await watch.on_task_event(memo.runtime, event.get("type"), dict(body))
     except psycopg.OperationalError as err:
         raise kopf.TemporaryError(f"PostgreSQL unreachable: {err}", delay=5) from None
+
+
+@kopf.on.event(model.GROUP, model.VERSION, model.QUEUE_PLURAL)
+async def queue_event(memo: kopf.Memo, **_: Any) -> None:
+    """A Queue changed: the queues service (the leader's) compares its row again."""
+    memo.runtime.queues_wake.set()
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(memo: kopf.Memo, **_: Any) -> None:
+    """A namespace changed (its labels, say): the Queues' selectors may match it differently now."""
+    memo.runtime.queues_wake.set()
 
 
 def main() -> int:

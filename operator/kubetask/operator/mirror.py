@@ -2,7 +2,7 @@
 
 Each pass reads a batch of rows whose status is behind, writes each Task's
 status with the row's latest state (a burst of changes becomes one write),
-posts the Events of the transition (admitted, retrying, dead letter) and
+posts the Events of the transition (admitted, retrying, dead letter, refused by its Queue) and
 marks what it wrote. A status that cannot be written now (the API server
 away) stays in the outbox for the next pass; a Task that is gone has nothing
 left to mirror; a status refused for good (403, 422) is given up, counted in
@@ -87,6 +87,9 @@ async def _post_transition_events(rt: Runtime, row: db.outbox.StatusRow) -> None
                 ns, name, uid, "Retrying",
                 f"attempt {err.get('attempt')} failed with {err.get('type')}: {err.get('message', '')}; "
                 f"next attempt at {status.timestamp(row.run_at)}", warning=True)
+        elif (after == states.TaskState.DEAD_LETTER and before != states.TaskState.DEAD_LETTER
+              and err.get("type") == model.QUEUE_REFUSED):
+            await rt.kube.post_event(ns, name, uid, "Refused", str(err.get("message", "")), warning=True)
         elif after == states.TaskState.DEAD_LETTER and before != states.TaskState.DEAD_LETTER:
             await rt.kube.post_event(
                 ns, name, uid, "DeadLetter",

@@ -154,6 +154,8 @@ class Runtime:
     """New Task bodies from the watch and the orphan sweep, waiting for the admission service."""
     mirror_wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     scale_wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    queues_wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    """Set by a Queue's or a namespace's watch event: the queues service compares the rows again."""
     pools: dict[tuple[str, str], Pool] = dataclasses.field(default_factory=dict)
     pools_listed: bool = False
     """True once the pool Deployments have been seen: before that "no pool" would be a guess."""

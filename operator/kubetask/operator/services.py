@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 
 from kubetask import db, supervise
-from kubetask.operator import admission, loop, mirror, pools, upkeep
+from kubetask.operator import admission, loop, mirror, pools, queues, upkeep
 from kubetask.operator.runtime import RunOnce, Runtime
 
 log = logging.getLogger("kubetask.operator")
@@ -49,6 +49,8 @@ LEADER = [
             wake=lambda rt: rt.mirror_wake),
     Service("scaler", pools.run_once, interval=lambda rt: rt.config.scale_interval_seconds,
             wake=lambda rt: rt.scale_wake),
+    Service("queues", queues.run_once, interval=lambda rt: rt.config.queue_resync_seconds,
+            wake=lambda rt: rt.queues_wake),
     Service("rescuer", upkeep.rescue_once, interval=lambda rt: rt.config.rescue_interval_seconds, jitter=0.2),
     Service("ttl", upkeep.ttl_once, interval=lambda rt: rt.config.cleaner_interval_seconds),
     Service("orphans", upkeep.orphans_once, interval=lambda rt: rt.config.orphan_sweep_seconds),

@@ -54,6 +54,8 @@ class Worker:
         """Slots whose handler has not finished yet."""
         self._wake = asyncio.Event()
         self._more_work = False
+        self._throttled_seconds: float | None = None
+        """From the last claim: seconds until the queue's rate limit allows one more (None: not throttled)."""
         self._rng = random.Random()
         self._threads = HandlerThreads(config.concurrency)
         self.recycled: str | None = None
@@ -154,8 +156,12 @@ class Worker:
                     self._wake.set()
 
     async def _wait_for_wake(self) -> None:
+        # A rate-limited queue says when its next token comes: look then, not a whole poll later.
+        timeout = self.config.poll_interval_seconds
+        if self._throttled_seconds is not None and self._idle() > 0:
+            timeout = min(timeout, max(self._throttled_seconds, 0.001))
         try:
-            async with asyncio.timeout(self.config.poll_interval_seconds):
+            async with asyncio.timeout(timeout):
                 await self._wake.wait()
         except TimeoutError:
             pass
@@ -176,7 +182,7 @@ class Worker:
         if idle <= 0 and not batch:
             return [], idle
         try:
-            recorded, claimed = await db.queue.complete_and_claim(
+            recorded, claimed, self._throttled_seconds = await db.queue.complete_and_claim(
                 conn, self.lease_owner, Completions.rows(batch), queue=self.config.queue,
                 worker_pod=self.config.pod_name, limit=max(idle, 0), lease_seconds=self.config.lease_seconds)
         except BaseException:

@@ -1,7 +1,9 @@
 -- kubetask.db.queue: see kubetask/db/sql.py for the conventions every file follows.
 
 -- name: admit
--- New Tasks in one round trip; a uid already admitted is skipped (relists after a restart).
+-- New Tasks in one round trip; a uid already admitted is skipped (relists after a restart). A Task whose
+-- queue's row does not admit its namespace is inserted refused (dead letter, QueueRefused, the message
+-- from %(refusal)s), so it is never claimed.
 WITH incoming AS (
     SELECT *
     FROM unnest(
@@ -10,24 +12,38 @@ WITH incoming AS (
         %(max_retries)s::integer[], %(backoff_initial_seconds)s::float8[],
         %(backoff_factor)s::float8[], %(backoff_max_seconds)s::float8[],
         %(backoff_jitter)s::float8[], %(timeout_seconds)s::integer[],
-        %(run_at)s::timestamptz[], %(ttl_seconds_after_finished)s::integer[]
+        %(run_at)s::timestamptz[], %(ttl_seconds_after_finished)s::integer[],
+        %(concurrency_key)s::text[]
     ) AS i (uid, namespace, name, type, payload, queue, priority, max_retries,
             backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-            backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished)
+            backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key)
+), gated AS (
+    -- A scalar subquery, not a join: the rows keep the order they came in, so ids follow it.
+    SELECT i.*,
+           (SELECT q.namespace_selector FROM kubetask_queues AS q
+            WHERE q.name = i.queue AND q.allowed_namespaces IS NOT NULL
+              AND NOT (i.namespace = ANY(q.allowed_namespaces))) AS refused_by
+    FROM incoming AS i
 ), inserted AS (
     INSERT INTO kubetask_tasks (
         uid, namespace, name, type, payload, queue, priority, max_retries,
         backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-        backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished)
+        backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key,
+        state, finished_at, last_error)
     SELECT uid, namespace, name, type, payload, queue, priority, max_retries,
            backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-           backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished
-    FROM incoming
+           backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished, concurrency_key,
+           CASE WHEN refused_by IS NULL THEN 'queued' ELSE 'dead_letter' END,
+           CASE WHEN refused_by IS NOT NULL THEN now() END,
+           CASE WHEN refused_by IS NOT NULL THEN jsonb_build_object(
+               'type', 'QueueRefused', 'attempt', 0,
+               'message', format(%(refusal)s::text, namespace, queue, refused_by::text, name)) END
+    FROM gated
     ON CONFLICT (uid) DO NOTHING
-    RETURNING queue, run_at
+    RETURNING queue, run_at, state
 ), notified_queue AS (
     SELECT pg_notify('kubetask_queue', queue)
-    FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now()) AS due
+    FROM (SELECT DISTINCT queue FROM inserted WHERE run_at <= now() AND state = 'queued') AS due
 ), notified_status AS (
     SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM inserted)
 )
@@ -48,8 +64,15 @@ SELECT (SELECT count(*) FROM inserted) AS admitted,
 -- two halves touch disjoint rows (running vs queued/retrying).
 -- Always returns at least one row; the claim columns are NULL when nothing
 -- was claimed. %(limit)s is written into the text as a literal by
--- db.queue._complete_and_claim_with_limit, not bound, so the plan cache keeps one cheap
+-- db.queue._with_limit, not bound, so the plan cache keeps one cheap
 -- generic plan per limit instead of replanning every call on a big table.
+--
+-- The queue's row (kubetask_queues, a Queue object's mirror) gates the claim:
+-- a paused queue claims nothing, and allowed_namespaces keeps out tasks of
+-- other namespaces. A queue with no row is open and unlimited, at the cost
+-- of one primary-key probe of a small table. A queue whose row sets a limit
+-- (max_running, rate, concurrency_key_limit) is not claimed from here: the
+-- statement says "limited" and the caller claims with claim_limited.
 WITH incoming AS (
     -- done_results is one JSON array (one encoding for the whole batch), zipped with the ids.
     SELECT *
@@ -79,10 +102,18 @@ WITH incoming AS (
     FROM done
     WHERE a.task_id = ANY(%(done_id)s::bigint[]) AND a.task_id = done.id AND a.number = done.attempts
       AND a.outcome = 'running'
+), queue_row AS (
+    SELECT paused, allowed_namespaces,
+           (max_running IS NOT NULL OR rate_tasks IS NOT NULL OR concurrency_key_limit IS NOT NULL) AS limited
+    FROM kubetask_queues
+    WHERE name = %(queue)s
 ), picked AS (
     SELECT id
-    FROM kubetask_tasks
+    FROM kubetask_tasks AS t
     WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
+      AND NOT EXISTS (SELECT FROM queue_row WHERE paused OR limited)
+      AND (NOT EXISTS (SELECT FROM queue_row WHERE allowed_namespaces IS NOT NULL)
+           OR t.namespace = ANY((SELECT allowed_namespaces FROM queue_row)::text[]))
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -111,6 +142,115 @@ WITH incoming AS (
 )
 SELECT (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
        (SELECT count(*) FROM notified_status) AS notified,
+       (SELECT coalesce(bool_or(limited AND NOT paused), false) FROM queue_row) AS limited,
+       c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
+       c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
+       c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
+       c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod,
+       extract(epoch FROM c.started_at - c.run_at)::float8 AS waited_seconds
+FROM (VALUES (1)) AS one (always) LEFT JOIN claimed AS c ON true
+ORDER BY c.priority DESC, c.run_at, c.id;
+
+-- name: lock_queue
+-- The lock a limited queue's claimers take in turn, in the transaction of their claim_limited.
+SELECT name FROM kubetask_queues WHERE name = %(queue)s FOR UPDATE;
+
+-- name: claim_limited
+-- Claim up to %(limit)s due tasks of a queue whose row sets limits, within them: at most max_running
+-- running, at most concurrency_key_limit running per concurrency key (a key at its limit waits where it
+-- is: no attempt, no retry spent), and no more than the rate limit's token bucket holds.
+-- The caller holds the row's lock (lock_queue) in this transaction: the lock serialises the queue's
+-- claimers, and because this statement started after the lock was granted its snapshot counts every
+-- claim committed before it. The counts of running tasks go through kubetask_tasks_lease_expiry (every
+-- running task, bounded by the workers' concurrency). %(limit)s is a literal, as in complete_and_claim.
+-- Always returns at least one row; throttled_seconds is set when the bucket holds less than a token.
+WITH queue_row AS (
+    SELECT paused, allowed_namespaces, max_running, rate_tasks, rate_period_seconds, concurrency_key_limit,
+           tokens, tokens_at
+    FROM kubetask_queues
+    WHERE name = %(queue)s
+), bucket AS (
+    -- The rate limit's tokens now: refilled evenly since tokens_at (statement_timestamp(): after the
+    -- lock was granted, so the bucket's clock never runs backwards), at most rate_tasks; NULL state: full.
+    SELECT least(rate_tasks::float8,
+                 coalesce(tokens + greatest(0, extract(epoch FROM statement_timestamp() - tokens_at))
+                                   * rate_tasks / rate_period_seconds,
+                          rate_tasks)) AS available
+    FROM queue_row
+    WHERE rate_tasks IS NOT NULL
+), budget AS (
+    -- How many may be claimed now (no row any more: the Queue went, nothing limits it).
+    SELECT CASE
+        WHEN coalesce(q.paused, false) THEN 0
+        ELSE greatest(0, least(
+            %(limit)s,
+            coalesce(q.max_running - (SELECT count(*) FROM kubetask_tasks AS r
+                                      WHERE r.queue = %(queue)s AND r.state = 'running'), %(limit)s),
+            coalesce(floor((SELECT available FROM bucket))::bigint, %(limit)s)))
+        END AS n
+    FROM (VALUES (1)) AS one (always) LEFT JOIN queue_row AS q ON true
+), picked AS (
+    SELECT id, concurrency_key, priority, run_at
+    FROM kubetask_tasks AS t
+    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
+      AND (SELECT n FROM budget) > 0
+      AND (NOT EXISTS (SELECT FROM queue_row WHERE allowed_namespaces IS NOT NULL)
+           OR t.namespace = ANY((SELECT allowed_namespaces FROM queue_row)::text[]))
+      AND (t.concurrency_key IS NULL
+           OR NOT EXISTS (SELECT FROM queue_row WHERE concurrency_key_limit IS NOT NULL)
+           OR (SELECT count(*) FROM kubetask_tasks AS r
+               WHERE r.queue = %(queue)s AND r.state = 'running' AND r.concurrency_key = t.concurrency_key)
+              < (SELECT concurrency_key_limit FROM queue_row))
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), chosen AS (
+    -- Of the picked, the budget's worth, and no more of one key than its limit leaves room for. Picked rows
+    -- not chosen stay locked only until this transaction ends; a later claim takes them.
+    SELECT c.id
+    FROM (SELECT p.*, row_number() OVER (PARTITION BY p.concurrency_key
+                                         ORDER BY p.priority DESC, p.run_at, p.id) AS nth_of_key
+          FROM picked AS p) AS c
+    WHERE c.concurrency_key IS NULL
+       OR NOT EXISTS (SELECT FROM queue_row WHERE concurrency_key_limit IS NOT NULL)
+       OR c.nth_of_key + (SELECT count(*) FROM kubetask_tasks AS r
+                          WHERE r.queue = %(queue)s AND r.state = 'running'
+                            AND r.concurrency_key = c.concurrency_key)
+          <= (SELECT concurrency_key_limit FROM queue_row)
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT (SELECT n FROM budget)
+), claimed AS (
+    UPDATE kubetask_tasks AS t
+    SET state = 'running',
+        attempts = t.attempts + 1,
+        lease_owner = %(lease_owner)s,
+        worker_pod = %(worker_pod)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(),
+        version = t.version + 1
+    WHERE t.id = ANY(ARRAY(SELECT id FROM chosen))
+    RETURNING t.id, t.uid, t.namespace, t.name, t.queue, t.type, t.payload, t.attempts, t.budget_base,
+              t.timeout_seconds, t.max_retries, t.backoff_initial_seconds, t.backoff_factor,
+              t.backoff_max_seconds, t.backoff_jitter, t.lease_owner, t.worker_pod, t.started_at,
+              t.priority, t.run_at
+), attempt AS (
+    INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner, started_at)
+    SELECT id, attempts, worker_pod, lease_owner, started_at FROM claimed
+), spent AS (
+    -- The tokens this claim took (the bucket's state moves to now even when it took none).
+    UPDATE kubetask_queues AS q
+    SET tokens = b.available - (SELECT count(*) FROM claimed), tokens_at = statement_timestamp()
+    FROM bucket AS b
+    WHERE q.name = %(queue)s
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM claimed)
+)
+SELECT (SELECT count(*) FROM notified_status) AS notified,
+       -- Seconds until the bucket holds a whole token again, when this claim left it less than one:
+       -- the worker looks again then, rather than at its next poll (which would waste the refill).
+       (SELECT (1 - (b.available - (SELECT count(*) FROM claimed))) * q.rate_period_seconds / q.rate_tasks
+        FROM bucket AS b, queue_row AS q
+        WHERE b.available - (SELECT count(*) FROM claimed) < 1)::float8 AS throttled_seconds,
        c.id, c.uid::text AS uid, c.namespace, c.name, c.queue, c.type, c.payload,
        c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
        c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,

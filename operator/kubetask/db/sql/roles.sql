@@ -24,11 +24,15 @@ GRANT UPDATE (state, attempts, budget_base, lease_owner, lease_expires_at, worke
 GRANT INSERT (task_id, number, worker_pod, lease_owner, started_at) ON kubetask_attempts TO kubetask_worker;
 GRANT UPDATE (outcome, finished_at, result, error_type, error_message, traceback)
     ON kubetask_attempts TO kubetask_worker;
+-- A limited queue's claim locks its Queue row (FOR UPDATE) and spends its rate-limit tokens;
+-- the limits themselves (paused, maxRunning, the selector) are the operator's to write.
+GRANT SELECT ON kubetask_queues TO kubetask_worker;
+GRANT UPDATE (tokens, tokens_at) ON kubetask_queues TO kubetask_worker;
 
 -- name: grant_reader
 -- kubetask_reader: `kubetask history` and `kubetask stats`, dashboards: reads
 -- the queue and its history, changes nothing.
-GRANT SELECT ON kubetask_tasks, kubetask_attempts TO kubetask_reader;
+GRANT SELECT ON kubetask_tasks, kubetask_attempts, kubetask_queues TO kubetask_reader;
 
 -- name: tables
 -- The tables of the schema kubetask lives in.

@@ -1,0 +1,109 @@
+"""Queues: each Queue object's row in PostgreSQL, and the refusal of Tasks its namespaceSelector keeps out.
+
+The claim enforces a Queue (``db.queue.complete_and_claim``) from its row;
+this service keeps the rows equal to the Queue objects. It is level-driven:
+each pass lists the Queues and the namespaces' labels, works out every row
+(``desired_rows``, pure), and writes only the rows that differ, deleting
+those whose Queue is gone. A kopf event of a Queue or a namespace only wakes
+it (``Runtime.queues_wake``); a pass also runs every
+``queue_resync_seconds``, so a missed event, or a Queue deleted while no
+operator ran, costs latency, never a stale limit. Only the leader runs it.
+
+A namespaceSelector is matched here, against namespace labels, because
+PostgreSQL has no labels: the row holds the namespaces it matched
+(``allowed_namespaces``; None for an empty selector, which admits every
+namespace, as a queue with no Queue does).
+
+Refusal (what a Task from a namespace the selector does not match gets):
+it never runs, and it is refused visibly and for good. Its row becomes a
+dead letter whose lastError is ``QueueRefused`` with a message naming the
+Queue, its selector, the namespace and what the admin can change
+(``model.QUEUE_REFUSAL_MESSAGE``); the mirror gives the Task phase
+DeadLetter with a ``QueueAdmitted=False`` condition and posts a ``Refused``
+Event. The refusal happens where the Task is, whichever comes first:
+
+* admitted after its Queue's row exists: inserted refused (``db.queue.admit``);
+* waiting when the Queue is created, its selector narrowed or its namespace
+  relabelled: refused by the pass that writes the new row
+  (``db.queues.refuse_outside_namespaces``);
+* in between, the claim does not take it: the claim reads the same row.
+
+A refused Task is not re-queued on its own when the admin widens the
+selector (it might run weeks after anyone expected it to): the retry
+annotation runs it again, and it is refused again if its namespace is still
+not admitted. A running task is never stopped: it finishes. Why not let it
+wait instead of refusing it? A Task that waits on a selector nobody will
+change waits for ever, silently; a refusal says so at once, and who can fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+
+from kubetask import db, kube, model
+from kubetask.operator.runtime import Runtime
+
+log = logging.getLogger("kubetask.operator")
+
+
+def desired_rows(queues: list[dict[str, Any]],
+                 namespace_labels: Mapping[str, Mapping[str, str]]) -> dict[str, db.queues.QueueRow]:
+    """The row of every valid Queue object, given every namespace's labels.
+
+    A Queue whose spec the model refuses (the CRD schema should have) is left out and logged: its old
+    row, if any, is kept rather than lifting its limits by accident.
+    """
+    rows: dict[str, db.queues.QueueRow] = {}
+    for body in queues:
+        meta = body.get("metadata") or {}
+        name = meta.get("name")
+        if not isinstance(name, str):
+            continue
+        try:
+            spec = model.QueueSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as err:
+            log.warning("Queue %s has a spec kubetask cannot read, its row is left as it was: %s", name, err)
+            continue
+        selector = spec.namespace_selector
+        everything = not selector.match_labels and not selector.match_expressions
+        allowed = None if everything else [ns for ns, labels in namespace_labels.items()
+                                           if selector.matches(dict(labels))]
+        rows[name] = db.queues.QueueRow.of(name, spec, allowed, generation=int(meta.get("generation") or 0))
+    return rows
+
+
+def invalid_names(queues: list[dict[str, Any]], rows: Mapping[str, db.queues.QueueRow]) -> set[str]:
+    """Names of Queue objects left out of ``rows`` (unreadable specs): their rows must not be deleted."""
+    return {name for body in queues if isinstance(name := (body.get("metadata") or {}).get("name"), str)
+            and name not in rows}
+
+
+async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
+    """One pass: rows equal to the Queue objects, then the waiting Tasks they keep out refused."""
+    rt.queues_wake.clear()  # before listing: an event during the pass runs another one
+    try:
+        queues = await rt.kube.queues()
+    except kube.NotFound:
+        log.debug("the Queue CRD is not installed: every queue is open and unlimited")
+        return False
+    labels = await rt.kube.namespace_labels()
+    wanted = desired_rows(queues, labels)
+    keep = invalid_names(queues, wanted)
+    current = await db.queues.rows(conn)
+    for name, row in wanted.items():
+        if current.get(name) != row:
+            await db.queues.upsert(conn, row)
+            log.info("Queue %s: paused=%s maxRunning=%s rate=%s/%ss concurrencyKeyLimit=%s namespaces=%s",
+                     name, row.paused, row.max_running, row.rate_tasks, row.rate_period_seconds,
+                     row.concurrency_key_limit,
+                     "every" if row.allowed_namespaces is None else ",".join(row.allowed_namespaces) or "none")
+    for name in current.keys() - wanted.keys() - keep:
+        await db.queues.delete(conn, name)
+        log.info("Queue %s deleted: its queue is open and unlimited again", name)
+    for namespace, name, queue in await db.queues.refuse_outside_namespaces(conn):
+        log.warning("Task %s/%s refused: Queue %s does not admit namespace %s", namespace, name, queue, namespace)
+    return False
