@@ -42,10 +42,10 @@ test: binaries node-prepare
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
 
-## crds: regenerate crds/task.yaml from the pydantic models (and the chart's copy)
+## crds: regenerate crds/task.yaml and crds/taskschedule.yaml from the pydantic models (and the chart's copies)
 crds: setup
-	$(PY) -m kubetask.crd crds/task.yaml
-	cp crds/task.yaml charts/kubetask/files/crds/task.yaml
+	$(PY) -m kubetask.crd crds
+	cp crds/task.yaml crds/taskschedule.yaml charts/kubetask/files/crds/
 
 ## lint: strict typing and import layers
 lint: setup

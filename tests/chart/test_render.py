@@ -99,25 +99,29 @@ def test_the_removed_peering_values_are_refused(setting: str) -> None:
 # -- CRDs ------------------------------------------------------------------------------------
 
 
-def test_the_charts_crd_copy_equals_the_generated_crd() -> None:
-    copy = (CHART / "files" / "crds" / "task.yaml").read_bytes()
-    assert copy == (ROOT / "crds" / "task.yaml").read_bytes(), (
-        "charts/kubetask/files/crds/task.yaml differs from crds/task.yaml: "
-        "run `cp crds/task.yaml charts/kubetask/files/crds/task.yaml`")
+CRD_FILES = {"task.yaml": "tasks.kubetask.io", "taskschedule.yaml": "taskschedules.kubetask.io"}
 
 
-def test_the_rendered_task_crd_is_the_generated_one_plus_labels_and_keep() -> None:
-    (rendered,) = [crd for crd in of_kind(render(*DB), "CustomResourceDefinition")
-                   if crd["metadata"]["name"] == "tasks.kubetask.io"]
-    generated = yaml.safe_load((ROOT / "crds" / "task.yaml").read_text())
+def test_the_charts_crd_copies_equal_the_generated_crds() -> None:
+    assert sorted(path.name for path in (CHART / "files" / "crds").iterdir()) == sorted(CRD_FILES)
+    for name in CRD_FILES:
+        copy = (CHART / "files" / "crds" / name).read_bytes()
+        assert copy == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/kubetask/files/crds/{name} differs from crds/{name}: run `make crds`")
+
+
+@pytest.mark.parametrize(("file", "name"), sorted(CRD_FILES.items()))
+def test_the_rendered_crds_are_the_generated_ones_plus_labels_and_keep(file: str, name: str) -> None:
+    (rendered,) = [crd for crd in of_kind(render(*DB), "CustomResourceDefinition") if crd["metadata"]["name"] == name]
+    generated = yaml.safe_load((ROOT / "crds" / file).read_text())
     assert rendered["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
     assert rendered["metadata"].pop("labels")["app.kubernetes.io/part-of"] == "kubetask"
     assert rendered == generated
 
 
-def test_the_task_crd_is_the_only_crd_and_can_be_left_out_or_not_kept() -> None:
+def test_the_task_and_schedule_crds_are_the_only_crds_and_can_be_left_out_or_not_kept() -> None:
     names = [crd["metadata"]["name"] for crd in of_kind(render(*DB), "CustomResourceDefinition")]
-    assert names == ["tasks.kubetask.io"]
+    assert names == ["tasks.kubetask.io", "taskschedules.kubetask.io"]
     unkept = of_kind(render(*DB, "--set", "crds.keep=false"), "CustomResourceDefinition")
     assert unkept and all("annotations" not in crd["metadata"] for crd in unkept)
     assert of_kind(render(*DB, "--set", "crds.install=false"), "CustomResourceDefinition") == []
@@ -254,7 +258,7 @@ def test_two_operators_render_with_no_peering_objects_or_rbac(namespaces: tuple[
     assert not [obj for obj in objects if obj["apiVersion"].startswith("kopf.dev/")]
     assert not [obj for obj in objects if "peering" in json.dumps(obj).lower()]
     crds = [crd["metadata"]["name"] for crd in of_kind(objects, "CustomResourceDefinition")]
-    assert crds == ["tasks.kubetask.io"]
+    assert crds == ["tasks.kubetask.io", "taskschedules.kubetask.io"]
     for role in of_kind(objects, "ClusterRole") + of_kind(objects, "Role"):
         groups = {group for rule in role["rules"] for group in rule["apiGroups"]}
         assert "kopf.dev" not in groups, role["metadata"]["name"]
@@ -273,10 +277,13 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
             for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
 
 
-#: What the operator may do with Tasks, wherever it serves them: no patch of a Task itself, only its status.
+#: What the operator may do with Tasks and TaskSchedules, wherever it serves them: no patch of a Task or a
+#: TaskSchedule itself, only their status; Tasks are created (by schedules) and deleted, schedules only read.
 TASK_RULES = {
-    ("kubetask.io", "tasks"): {"get", "list", "watch", "delete"},
+    ("kubetask.io", "tasks"): {"get", "list", "watch", "delete", "create"},
     ("kubetask.io", "tasks/status"): {"patch"},
+    ("kubetask.io", "taskschedules"): {"get", "list", "watch"},
+    ("kubetask.io", "taskschedules/status"): {"patch"},
     ("", "events"): {"create"},
 }
 #: What it may do with worker pools, in the pool namespaces only: scale (not edit) Deployments, annotate pods.

@@ -1,20 +1,31 @@
-"""crds/task.yaml is generated from the pydantic models and must not drift."""
+"""crds/*.yaml are generated from the pydantic models and must not drift."""
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import pytest
 import yaml
 
 from kubetask import crd, model
 from tests.conftest import ROOT
 
-
-def test_committed_crd_matches_the_models() -> None:
-    committed = (ROOT / "crds" / "task.yaml").read_text()
-    assert committed == crd.render_yaml(), "crds/task.yaml is stale: run `make crds` and commit the result"
+RENDERS: list[Callable[[], dict[str, Any]]] = [crd.render, crd.render_schedule]
 
 
-def test_every_spec_and_status_field_has_a_description() -> None:
-    schema = crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+@pytest.mark.parametrize("name", sorted(crd.FILES))
+def test_committed_crd_matches_the_models(name: str) -> None:
+    committed = (ROOT / "crds" / name).read_text()
+    assert committed == crd.FILES[name](), f"crds/{name} is stale: run `make crds` and commit the result"
+
+
+def test_crds_holds_exactly_the_generated_files() -> None:
+    assert sorted(path.name for path in (ROOT / "crds").iterdir()) == sorted(crd.FILES)
+
+
+@pytest.mark.parametrize("render", RENDERS, ids=["Task", "TaskSchedule"])
+def test_every_spec_and_status_field_has_a_description(render: Callable[[], dict[str, Any]]) -> None:
+    schema = render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
     def walk(node: dict[str, object], path: str) -> list[str]:
         missing = []
@@ -39,3 +50,23 @@ def test_crd_names_and_columns() -> None:
     for wanted in ("Type", "Phase", "Attempts", "Worker", "Age"):
         assert wanted in columns
     assert yaml.safe_load(crd.render_yaml()) == rendered
+
+
+def test_schedule_crd_names_and_columns() -> None:
+    rendered = crd.render_schedule()
+    assert rendered["metadata"]["name"] == "taskschedules.kubetask.io"
+    assert rendered["spec"]["names"]["kind"] == "TaskSchedule" and rendered["spec"]["scope"] == "Namespaced"
+    columns = [c["name"] for c in rendered["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert columns == ["Schedule", "Zone", "Suspend", "Active", "Last", "Next", "Age"]
+    assert yaml.safe_load(crd.render_schedule_yaml()) == rendered
+
+
+def test_the_schedules_template_is_the_task_spec_schema() -> None:
+    """One Task schema: a template is checked by the same OpenAPI as a Task (its CEL rules are its own)."""
+    template = dict(crd.render_schedule()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+                    ["properties"]["spec"]["properties"]["template"])
+    template.pop("x-kubernetes-validations")
+    task_spec = dict(crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
+    task_spec.pop("x-kubernetes-validations")
+    assert template.pop("description") != task_spec.pop("description")
+    assert template == task_spec

@@ -26,8 +26,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="session")
 def crd_plane(control_plane: controlplane.ControlPlane) -> controlplane.ControlPlane:
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "task.yaml"))
-    control_plane.kubectl("wait", "--for=condition=Established", "crd/tasks.kubetask.io", "--timeout=60s")
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    control_plane.kubectl("wait", "--for=condition=Established", "crd/tasks.kubetask.io",
+                          "crd/taskschedules.kubetask.io", "--timeout=60s")
     return control_plane
 
 
