@@ -15,6 +15,7 @@ statement under a named, described header, loaded once by ``db.sql``):
 ``reads``       counts and rows for the scaler, the metrics and the CLI.
 ``release``     the one release a database serves (a second one is refused).
 ``roles``       the worker's and the reader's privileges, granted after migrating.
+``ticks``       the ticks of TaskSchedules, each claimed once.
 
 Each function here is one state change, and nearly every one is a single
 statement (data-modifying CTEs), so it is one round trip and, on an autocommit
@@ -37,6 +38,6 @@ and the first migration):
 Layering: nothing here imports the operator, the worker or Kubernetes.
 """
 
-from kubetask.db import connection, outbox, queue, reads, release, roles, schema, upkeep
+from kubetask.db import connection, outbox, queue, reads, release, roles, schema, ticks, upkeep
 
-__all__ = ["connection", "outbox", "queue", "reads", "release", "roles", "schema", "upkeep"]
+__all__ = ["connection", "outbox", "queue", "reads", "release", "roles", "schema", "ticks", "upkeep"]
