@@ -202,9 +202,10 @@ SCHEDULE_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
     {"name": "Zone", "type": "string", "jsonPath": ".spec.timeZone", "priority": 1},
     {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
-    {"name": "Active", "type": "string", "jsonPath": ".status.active[*].name"},
+    {"name": "Active", "type": "integer", "jsonPath": ".status.activeCount"},
     {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
-    {"name": "Next", "type": "date", "jsonPath": ".status.nextScheduleTime"},
+    # A time, not an age: kubectl shows a date column as the time since, <invalid> for the future.
+    {"name": "Next", "type": "string", "jsonPath": ".status.nextScheduleTime"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

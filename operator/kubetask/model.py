@@ -444,6 +444,8 @@ class TaskScheduleStatus(_Schema):
     """The next tick (unset while suspended or refused)."""
     active: list[TaskReference] = pydantic.Field(default_factory=list)
     """Its Tasks that have not finished."""
+    active_count: int = 0
+    """How many of its Tasks have not finished (the length of active), for `kubectl get taskschedules`."""
     missed: int = 0
     """Ticks that did not run because the operator could not create them in time (startingDeadlineSeconds, or several missed in a row), counted since the schedule was created."""
     conditions: list[Condition] = pydantic.Field(default_factory=list)

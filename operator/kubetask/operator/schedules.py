@@ -96,7 +96,17 @@ def interval(rt: Runtime) -> float:
 async def schedule_pass(rt: Runtime, conn: db.connection.Conn, now: datetime.datetime) -> None:
     """One pass over every TaskSchedule, on the clock ``now`` (the database's, in production)."""
     namespaces = rt.config.namespaces
-    schedules = [body for body in await rt.kube.schedules(namespaces)
+    try:
+        listed = await rt.kube.schedules(namespaces)
+    except kube.NotFound:
+        if rt.schedules_served is not False:
+            log.warning("the TaskSchedule CRD is not installed (crds/taskschedule.yaml, or the chart's crds.install): "
+                        "no schedule is served until it is")
+        rt.schedules_served = False
+        rt.next_tick_at = float("inf")
+        return
+    rt.schedules_served = True
+    schedules = [body for body in listed
                  if ours(rt.config, {"spec": (body.get("spec") or {}).get("template") or {}})]
     runs: dict[str, list[Run]] = {}
     for task in await rt.kube.scheduled_tasks(namespaces):
@@ -313,12 +323,14 @@ async def _patch_status(rt: Runtime, body: dict[str, Any], spec: model.TaskSched
         "lastSuccessfulTime": rfc3339(last_success) if last_success else None,
         "nextScheduleTime": rfc3339(planned.next_at) if planned.next_at and not spec.suspend else None,
         "active": [{"name": run.name, "uid": run.uid} for run in active],
+        "activeCount": len(active),
         "missed": int(status.get("missed") or 0) + missed,
         "conditions": [condition],
         "observedGeneration": meta.get("generation"),
     }
     current = {key: status.get(key) for key in new}
     current["active"] = current["active"] or []
+    current["activeCount"] = current["activeCount"] or 0
     current["missed"] = current["missed"] or 0
     if new != current:
         await rt.kube.patch_schedule_status(meta["namespace"], meta["name"], meta["uid"], new)

@@ -124,6 +124,7 @@ async def test_a_minutely_schedule_creates_one_task_per_tick_named_owned_and_lab
     assert status["lastScheduleTime"] == schedules.rfc3339(tick + 2 * MINUTE)
     assert status["nextScheduleTime"] == schedules.rfc3339(tick + 3 * MINUTE)
     assert sorted(a["name"] for a in status["active"]) == sorted(runs), "none finished yet"
+    assert status["activeCount"] == 3
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Scheduled": "True"}
     assert [(at, outcome) for at, outcome, _, _ in await ticks(conn)] == [
         (tick + n * MINUTE, TickOutcome.CREATED) for n in range(3)]

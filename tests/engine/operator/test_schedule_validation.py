@@ -11,7 +11,11 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 from kubetask_dev import controlplane
+
+from kubetask import model
+from tests.conftest import ROOT
 
 BASE: dict[str, Any] = {"apiVersion": "kubetask.io/v1alpha1", "kind": "TaskSchedule",
                         "metadata": {"name": "bad"}, "spec": {"schedule": "*/5 * * * *", "template": {"type": "echo"}}}
@@ -94,3 +98,9 @@ def test_good_schedules_are_accepted_with_the_defaults(crd_plane: controlplane.C
     assert stored["spec"]["concurrencyPolicy"] == "Allow" and stored["spec"]["suspend"] is False
     assert stored["spec"]["successfulHistoryLimit"] == 3 and stored["spec"]["failedHistoryLimit"] == 1
     assert stored["spec"]["template"]["queue"] == "default", "the template gets a Task's defaults"
+
+
+def test_the_example_is_accepted_and_is_a_valid_spec(crd_plane: controlplane.ControlPlane, namespace: str) -> None:
+    example = ROOT / "examples" / "taskschedule.yaml"
+    model.TaskSchedule.model_validate(yaml.safe_load(example.read_text()))
+    crd_plane.kubectl("apply", "-n", namespace, "-f", str(example))
