@@ -340,3 +340,38 @@ async def test_the_scheduler_service_creates_the_next_tick_on_the_database_clock
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_an_edited_schedule_runs_on_its_new_ticks_from_the_last_one(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
+    """Edited while a run is active: the run stays, the old schedule's ticks stop, the new one's follow."""
+    schedule = await create_schedule(runtime, namespace)
+    tick = first_tick(schedule)
+    await schedules.schedule_pass(runtime, conn, tick + SECOND)
+    await patch_spec(runtime, namespace, "every-minute", schedule="*/5 * * * *")
+    fifth = next(cron.ticks_after("*/5 * * * *", model.time_zone("UTC"), tick))
+    minute = tick + MINUTE
+    while minute < fifth:
+        await schedules.schedule_pass(runtime, conn, minute + SECOND)
+        minute += MINUTE
+    assert list(await tasks_of(runtime, namespace)) == [cron.task_name("every-minute", tick)]
+    assert (await get_schedule(runtime, namespace))["status"]["nextScheduleTime"] == schedules.rfc3339(fifth)
+    await schedules.schedule_pass(runtime, conn, fifth + SECOND)
+    assert sorted(await tasks_of(runtime, namespace)) == [cron.task_name("every-minute", tick),
+                                                         cron.task_name("every-minute", fifth)]
+
+
+async def test_deleting_the_schedule_deletes_its_tasks(runtime: Runtime, conn: db.connection.Conn, namespace: str,
+                                                       wait_until: Callable[..., Any]) -> None:
+    """Its Tasks are owned by it: Kubernetes' garbage collector deletes them (and deletion cancels them)."""
+    schedule = await create_schedule(runtime, namespace)
+    await schedules.schedule_pass(runtime, conn, first_tick(schedule) + SECOND)
+    assert len(await tasks_of(runtime, namespace)) == 1
+    await asyncio.to_thread(runtime.kube.custom.delete_namespaced_custom_object, model.GROUP, model.VERSION,
+                            namespace, model.SCHEDULE_PLURAL, "every-minute")
+
+    async def collected() -> bool:
+        return await tasks_of(runtime, namespace) == {}
+
+    # The garbage collector notices a new CRD's objects at its next discovery (every 30 s).
+    await wait_until(collected, timeout=90, interval=0.5, what="the schedule's Tasks to be garbage-collected")
