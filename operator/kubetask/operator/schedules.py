@@ -143,6 +143,8 @@ async def _schedule(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any],
         created, missed = await _finish_claim(rt, conn, body, spec, last, now)
     since = last.at if last is not None else parse_time(meta.get("creationTimestamp")) or now
     unfinished = [run for run in runs if not run.finished]
+    if created is not None and created.uid not in {run.uid for run in unfinished}:
+        unfinished.append(created)  # just created for a claimed tick: Forbid waits for it too
     replaced = False
     planned = cron.plan(spec, since=since, now=now, unfinished=bool(unfinished))
     if planned.action == cron.Action.RUN and planned.tick is not None:
@@ -157,7 +159,8 @@ async def _schedule(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any],
     elif planned.action is not None and planned.tick is not None:
         if await db.ticks.record(conn, uid=uid, at=planned.tick, namespace=namespace, schedule=name,
                                  outcome=OUTCOME_OF[planned.action], passed_over=planned.passed_over):
-            missed += planned.passed_over + (1 if planned.action == cron.Action.MISS else 0)
+            if planned.action != cron.Action.SUSPEND:  # a suspension's ticks are not missed: none was to run
+                missed += planned.passed_over + (1 if planned.action == cron.Action.MISS else 0)
             if planned.action == cron.Action.SKIP:
                 log.info("TaskSchedule %s/%s: tick %s skipped, %s still running (concurrencyPolicy Forbid)",
                          namespace, name, rfc3339(planned.tick), ", ".join(r.name for r in unfinished),

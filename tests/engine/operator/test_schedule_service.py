@@ -157,6 +157,19 @@ async def test_a_leader_killed_between_claim_and_create_has_its_tick_created_onc
     assert [outcome for _, outcome, _, _ in await ticks(conn)] == [TickOutcome.CREATED]
 
 
+async def test_a_claimed_tick_finished_late_counts_as_the_run_forbid_waits_for(
+        runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
+    """A leader died after claiming a tick; the next pass, a minute later, creates it and skips the new tick."""
+    schedule = await create_schedule(runtime, namespace, concurrencyPolicy="Forbid")
+    tick = first_tick(schedule)
+    await db.ticks.record(conn, uid=schedule["metadata"]["uid"], at=tick, namespace=namespace,
+                          schedule="every-minute", outcome=TickOutcome.CLAIMED,
+                          task_name=cron.task_name("every-minute", tick))
+    await schedules.schedule_pass(runtime, conn, tick + MINUTE + SECOND)
+    assert list(await tasks_of(runtime, namespace)) == [cron.task_name("every-minute", tick)]
+    assert [outcome for _, outcome, _, _ in await ticks(conn)] == [TickOutcome.CREATED, TickOutcome.SKIPPED]
+
+
 async def test_a_leader_killed_between_create_and_settle_does_not_duplicate(
         runtime: Runtime, conn: db.connection.Conn, namespace: str) -> None:
     """The Task exists but the row still says claimed: the next pass's create gets a 409, and settles."""
@@ -256,7 +269,7 @@ async def test_suspended_ticks_never_run_even_after_resuming(
     status = (await get_schedule(runtime, namespace))["status"]
     assert {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]} == {"Scheduled": ("False",
                                                                                                    "Suspended")}
-    assert "nextScheduleTime" not in status
+    assert "nextScheduleTime" not in status and status["missed"] == 0, "suspended ticks are not missed"
     await patch_spec(runtime, namespace, "every-minute", suspend=False)
     await schedules.schedule_pass(runtime, conn, tick + 3 * MINUTE + 5 * SECOND)
     assert await tasks_of(runtime, namespace) == {}, "the tick of the suspension does not run on resume"
