@@ -42,10 +42,10 @@ test: binaries node-prepare
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
 
-## crds: regenerate crds/task.yaml and crds/queue.yaml from the pydantic models (and the chart's copies)
+## crds: regenerate crds/task.yaml, crds/queue.yaml and crds/taskschedule.yaml from the pydantic models (and the chart's copies)
 crds: setup
 	$(PY) -m kubetask.crd crds
-	cp crds/task.yaml crds/queue.yaml charts/kubetask/files/crds/
+	cp crds/task.yaml crds/queue.yaml crds/taskschedule.yaml charts/kubetask/files/crds/
 
 ## lint: strict typing and import layers
 lint: setup

@@ -83,7 +83,8 @@ class DevStack:
     def install(plane: controlplane.ControlPlane, dsn: str) -> None:
         """CRD, namespace, database Secret, default worker pool."""
         plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/tasks.kubetask.io")
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/tasks.kubetask.io",
+                      "crd/taskschedules.kubetask.io")
         plane.kubectl("create", "namespace", NAMESPACE, check=False)
         plane.wait_default_serviceaccount(NAMESPACE)
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": DB_SECRET, "namespace": NAMESPACE},

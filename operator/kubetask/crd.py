@@ -1,4 +1,4 @@
-"""Generate the Task and Queue CustomResourceDefinitions from the pydantic models.
+"""Generate the Task, Queue and TaskSchedule CustomResourceDefinitions from the pydantic models.
 
 pydantic writes JSON Schema; Kubernetes wants a *structural* OpenAPI v3
 schema. The conversion inlines ``$ref``s, turns ``Optional[X]`` into ``X``
@@ -10,8 +10,8 @@ by kubectl's strict field validation instead). A typed map
 
 Rules that span fields, or compare with the old object, are CEL rules added
 here. Run ``make crds`` (``python -m kubetask.crd crds``) to regenerate
-``crds/task.yaml`` and ``crds/queue.yaml``; ``tests/unit/test_crd.py`` fails
-when a file drifts.
+``crds/task.yaml``, ``crds/queue.yaml`` and ``crds/taskschedule.yaml``;
+``tests/unit/test_crd.py`` fails when a file drifts.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml
 from kubetask import model
 
 HEADER = (
-    "# Generated from operator/kubetask/model.py by `make crds` (python -m kubetask.crd).\n"
+    "# Generated from operator/kubetask/model.py by `make crds` (python -m kubetask.crd crds).\n"
     "# Do not edit by hand: tests/unit/test_crd.py fails when this file drifts.\n"
 )
 
@@ -85,7 +85,7 @@ QUEUE_ROOT_RULES = [
     },
 ]
 
-QUEUE_PRINTER_COLUMNS = [
+QUEUE_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Paused", "type": "boolean", "jsonPath": ".spec.paused"},
     {"name": "MaxRunning", "type": "integer", "jsonPath": ".spec.maxRunning"},
     {"name": "KeyLimit", "type": "integer", "jsonPath": ".spec.concurrencyKeyLimit", "priority": 1},
@@ -96,7 +96,7 @@ QUEUE_PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
     {"name": "Queue", "type": "string", "jsonPath": ".spec.queue", "priority": 1},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -154,15 +154,13 @@ def _schema_of(cls: type[model._Schema]) -> dict[str, Any]:
     return dict(_structural(raw, raw.get("$defs", {})))
 
 
-def render() -> dict[str, Any]:
-    """The Task CRD."""
-    spec = _schema_of(model.TaskSpec)
-    spec["x-kubernetes-validations"] = SPEC_RULES
-    status = _schema_of(model.TaskStatus)
+def _crd(*, kind: str, plural: str, singular: str, short_names: tuple[str, ...], description: str | None,
+         spec: dict[str, Any], status: dict[str, Any], columns: list[dict[str, Any]],
+         root_rules: list[dict[str, str]] | None = None) -> dict[str, Any]:
     status.pop("default", None)
-    root = {
+    root: dict[str, Any] = {
         "type": "object",
-        "description": model.Task.__doc__,
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -172,18 +170,20 @@ def render() -> dict[str, Any]:
             "status": status,
         },
     }
+    if root_rules:
+        root["x-kubernetes-validations"] = root_rules
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{model.PLURAL}.{model.GROUP}"},
+        "metadata": {"name": f"{plural}.{model.GROUP}"},
         "spec": {
             "group": model.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": model.KIND,
-                "plural": model.PLURAL,
-                "singular": model.SINGULAR,
-                "shortNames": list(model.SHORT_NAMES),
+                "kind": kind,
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": ["kubetask"],
             },
             "versions": [
@@ -192,12 +192,80 @@ def render() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": columns,
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
     }
+
+
+def render() -> dict[str, Any]:
+    """The Task CRD."""
+    spec = _schema_of(model.TaskSpec)
+    spec["x-kubernetes-validations"] = SPEC_RULES
+    return _crd(kind=model.KIND, plural=model.PLURAL, singular=model.SINGULAR, short_names=model.SHORT_NAMES,
+                description=model.Task.__doc__, spec=spec, status=_schema_of(model.TaskStatus),
+                columns=PRINTER_COLUMNS)
+
+
+SCHEDULE_RULES = [
+    {
+        # The CEL string literal holds the pattern as is: it has no quote and no backslash.
+        "rule": f"self.schedule.matches('{model.CRON_PATTERN}')",
+        "message": ("spec.schedule must be five cron fields within their bounds (minute 0-59, hour 0-23, "
+                    "day-of-month 1-31, month 1-12 or JAN-DEC, day-of-week 0-7 or SUN-SAT), separated by spaces, "
+                    "e.g. '*/15 * * * *', or a macro: @hourly, @daily, @midnight, @weekly, @monthly, @yearly, "
+                    "@annually (set the zone in spec.timeZone, not in the schedule)"),
+        "fieldPath": ".schedule",
+    },
+]
+
+TEMPLATE_RULES = [
+    {
+        "rule": "!has(self.runAt)",
+        "message": "spec.template.runAt is not allowed: a scheduled Task starts at its tick (use delaySeconds to delay it)",
+        "fieldPath": ".runAt",
+    },
+    {
+        # As for a Task (SPEC_RULES): the schema's minimum alone lets 0 through.
+        "rule": "!has(self.backoff) || !has(self.backoff.initialSeconds) || self.backoff.initialSeconds >= 0.1",
+        "message": "spec.template.backoff.initialSeconds must be at least 0.1 (seconds): a 0 s backoff retries back to back",
+        "fieldPath": ".backoff.initialSeconds",
+    },
+]
+
+SCHEDULE_ROOT_RULES = [
+    {
+        "rule": f"self.metadata.name.size() <= {model.MAX_SCHEDULE_NAME_LENGTH}",
+        "message": (f"metadata.name must be at most {model.MAX_SCHEDULE_NAME_LENGTH} characters: the schedule's Tasks "
+                    f"carry it as the value of their {model.SCHEDULE_LABEL} label"),
+    },
+]
+
+SCHEDULE_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+    {"name": "Zone", "type": "string", "jsonPath": ".spec.timeZone", "priority": 1},
+    {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+    {"name": "Active", "type": "integer", "jsonPath": ".status.activeCount"},
+    {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+    # A time, not an age: kubectl shows a date column as the time since, <invalid> for the future.
+    {"name": "Next", "type": "string", "jsonPath": ".status.nextScheduleTime"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def render_schedule() -> dict[str, Any]:
+    """The TaskSchedule CRD."""
+    spec = _schema_of(model.TaskScheduleSpec)
+    spec["x-kubernetes-validations"] = SCHEDULE_RULES
+    spec["properties"]["template"]["x-kubernetes-validations"] = TEMPLATE_RULES
+    return _crd(kind=model.SCHEDULE_KIND, plural=model.SCHEDULE_PLURAL, singular=model.SCHEDULE_SINGULAR,
+                short_names=model.SCHEDULE_SHORT_NAMES, description=model.TaskSchedule.__doc__, spec=spec,
+                status=_schema_of(model.TaskScheduleStatus), columns=SCHEDULE_PRINTER_COLUMNS,
+                root_rules=SCHEDULE_ROOT_RULES)
+
+
 
 
 def render_queue() -> dict[str, Any]:
@@ -252,12 +320,16 @@ def render_queue() -> dict[str, Any]:
     }
 
 
-#: File name under crds/ → its CRD.
-FILES = {"task.yaml": render, "queue.yaml": render_queue}
+#: The files ``make crds`` writes into ``crds/`` (and the chart copies) → the CRD each holds.
+FILES = {"task.yaml": render, "queue.yaml": render_queue, "taskschedule.yaml": render_schedule}
 
 
 def render_yaml(file: str = "task.yaml") -> str:
     return HEADER + yaml.safe_dump(FILES[file](), sort_keys=False, width=120)
+
+
+def render_schedule_yaml() -> str:
+    return render_yaml("taskschedule.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:

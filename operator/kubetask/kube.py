@@ -323,6 +323,54 @@ class Kube:
             if not cont:
                 return items
 
+    # -- TaskSchedules ---------------------------------------------------------------
+
+    async def _list(self, plural: str, namespaces: Sequence[str], label_selector: str | None = None
+                    ) -> list[dict[str, Any]]:
+        """Every object of a kubetask.io resource in ``namespaces`` (all when empty), whole, a page at a time."""
+        base = f"/apis/{model.GROUP}/{model.VERSION}"
+        items: list[dict[str, Any]] = []
+        for namespace in [*namespaces] if namespaces else [None]:
+            collection = (f"{base}/{plural}" if namespace is None
+                          else f"{base}/namespaces/{_quote(namespace)}/{plural}")
+            cont: str | None = None
+            while True:
+                query = {"limit": str(LIST_PAGE)}
+                if label_selector:
+                    query["labelSelector"] = label_selector
+                if cont:
+                    query["continue"] = cont
+                page = json.loads(await self._http.request("GET", f"{collection}?{urllib.parse.urlencode(query)}",
+                                                           None))
+                items.extend(page.get("items") or ())
+                cont = (page.get("metadata") or {}).get("continue")
+                if not cont:
+                    break
+        return items
+
+    async def schedules(self, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every TaskSchedule in ``namespaces`` (all when empty), as stored."""
+        return await self._list(model.SCHEDULE_PLURAL, namespaces)
+
+    async def scheduled_tasks(self, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Every Task a TaskSchedule created (label ``kubetask.io/schedule``) in ``namespaces``, as stored."""
+        return await self._list(model.PLURAL, namespaces, label_selector=model.SCHEDULE_LABEL)
+
+    async def create_task(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a Task; ``Conflict`` when one of that name exists."""
+        self._wrote("task_create")
+        path = f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{_quote(namespace)}/{model.PLURAL}"
+        created: dict[str, Any] = json.loads(await self._http.request("POST", path, body))
+        return created
+
+    async def patch_schedule_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
+        """Merge-patch a TaskSchedule's status subresource; the uid precondition skips a re-created namesake."""
+        self._wrote("schedule_status")
+        body = {"metadata": {"uid": uid}, "status": status}
+        path = (f"/apis/{model.GROUP}/{model.VERSION}/namespaces/{_quote(namespace)}/{model.SCHEDULE_PLURAL}/"
+                f"{_quote(name)}/status")
+        await self._http.request("PATCH", path, body, "application/merge-patch+json")
+
     # -- worker pools ---------------------------------------------------------------
 
     async def pool_deployments(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:

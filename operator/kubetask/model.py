@@ -1,14 +1,18 @@
 """The Task and Queue resources, written once.
 
-These pydantic models are the single source of truth for both schemas:
-``crds/task.yaml`` and ``crds/queue.yaml`` are generated from them (``make
-crds``) and a test fails when they drift. Field docstrings become the OpenAPI descriptions that
+These pydantic models are the single source of truth for the schemas:
+``crds/task.yaml``, ``crds/queue.yaml`` and ``crds/taskschedule.yaml`` are generated from them
+(``make crds``) and a test fails when they drift. Field docstrings become the OpenAPI descriptions that
 ``kubectl explain task.spec`` prints, so they are written for users.
 
 Rules that only the API server can enforce at ``kubectl apply`` time (mutually
 exclusive fields, immutability of ``spec``) are CEL rules attached in
 ``crd.py``; everything else is plain OpenAPI (types, bounds, patterns,
 required, unknown fields pruned-and-refused via ``additionalProperties``).
+
+The TaskSchedule resource (below the Task's) follows the same rules; its
+docstring says which of its checks the API server makes and which only the
+operator can.
 
 Nothing here imports Kubernetes or PostgreSQL.
 """
@@ -18,8 +22,10 @@ from __future__ import annotations
 import datetime
 import enum
 import re
+import zoneinfo
 from typing import Annotated, Any, Literal
 
+import cronsim
 import pydantic
 from pydantic.alias_generators import to_camel
 
@@ -449,6 +455,170 @@ class QueueStatus(_Schema):
     """metadata.generation this status describes."""
 
 
+# -- TaskSchedule ---------------------------------------------------------------------------------
+
+SCHEDULE_KIND = "TaskSchedule"
+SCHEDULE_PLURAL = "taskschedules"
+SCHEDULE_SINGULAR = "taskschedule"
+SCHEDULE_SHORT_NAMES = ("kts",)
+#: Label on every Task a schedule created: the schedule's name.
+SCHEDULE_LABEL = f"{GROUP}/schedule"
+#: Annotation on every Task a schedule created: the tick it runs for (RFC 3339, UTC).
+TICK_ANNOTATION = f"{GROUP}/scheduled-at"
+#: Longest schedule name: its Tasks carry it as a label value (63 at most), and are named
+#: ``<schedule>-<unix minutes of the tick>``.
+MAX_SCHEDULE_NAME_LENGTH = 63
+
+#: CronJob's macros and the five fields each stands for.
+CRON_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def _cron_field(value: str) -> str:
+    item = rf"([*]|({value})(-({value}))?)(/[1-9][0-9]*)?"
+    return rf"{item}(,{item})*"
+
+
+_MONTHS = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
+_DAYS = "SUN|MON|TUE|WED|THU|FRI|SAT"
+#: Five cron fields (minute hour day-of-month month day-of-week) separated by spaces, each a list of
+#: ``*``, values or ranges with an optional step, values within their field's bounds; or a macro.
+#: Written without a backslash so the same text is an RE2 pattern in the CRD's CEL rule (inside a
+#: CEL string literal) and a Python one here.
+CRON_PATTERN = (
+    "(?i)^(" + "|".join(re.escape(m) for m in CRON_MACROS) + "|"
+    + " +".join(_cron_field(v) for v in (
+        "[0-5]?[0-9]", "[01]?[0-9]|2[0-3]", "0?[1-9]|[12][0-9]|3[01]", f"0?[1-9]|1[0-2]|{_MONTHS}",
+        f"[0-7]|{_DAYS}"))
+    + ")$"
+)
+#: An IANA zone name's shape (``UTC``, ``Europe/Paris``, ``America/Argentina/Buenos_Aires``, ``Etc/GMT+5``).
+TIME_ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+
+
+def cron_expression(schedule: str) -> str:
+    """The five cron fields of ``schedule`` (a macro expanded); ValueError naming spec.schedule if invalid.
+
+    The same pattern as the CRD's rule, then cronsim's full parse, which also refuses what no pattern
+    sees (a day-of-month no month of the schedule has, such as ``0 0 30 2 *``).
+    """
+    text = schedule
+    if not re.match(CRON_PATTERN, text):
+        raise ValueError(f"spec.schedule {schedule!r} is not a cron schedule: five fields (minute hour "
+                         "day-of-month month day-of-week) or a macro (@hourly, @daily, @weekly, @monthly, @yearly)")
+    fields = CRON_MACROS.get(text.lower(), text)
+    try:
+        cronsim.CronSim(fields, datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc))
+    except cronsim.CronSimError as err:
+        raise ValueError(f"spec.schedule {schedule!r} never fires or is malformed: {err}") from None
+    return fields
+
+
+def time_zone(name: str) -> zoneinfo.ZoneInfo:
+    """The zone of that IANA name; ValueError naming spec.timeZone if there is none."""
+    if not re.match(TIME_ZONE_PATTERN, name):
+        raise ValueError(f"spec.timeZone {name!r} is not an IANA time zone name (e.g. Europe/Paris, UTC)")
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"spec.timeZone {name!r} is not a time zone of the IANA database "
+                         "(e.g. Europe/Paris, America/New_York, UTC)") from None
+
+
+class ConcurrencyPolicy(str, enum.Enum):
+    """What a tick does while a Task of an earlier tick has not finished."""
+
+    ALLOW = "Allow"
+    """Create the new Task anyway: runs may overlap."""
+    FORBID = "Forbid"
+    """Skip the tick (recorded as skipped) while an earlier run is unfinished."""
+    REPLACE = "Replace"
+    """Delete the unfinished runs (deletion cancels them) and create the new one."""
+
+
+class TaskScheduleSpec(_Schema):
+    """When to create Tasks and what they run, with CronJob's conventions."""
+
+    schedule: str = pydantic.Field(min_length=1, max_length=128)
+    """When to create a Task: five cron fields, minute hour day-of-month month day-of-week (e.g. `*/15 * * * *`, `0 3 * * MON-FRI`), or a macro: @hourly, @daily (@midnight), @weekly, @monthly, @yearly (@annually). Read in timeZone. Required."""
+
+    time_zone: str = pydantic.Field(default="UTC", min_length=1, max_length=64, pattern=TIME_ZONE_PATTERN)
+    """IANA time zone the schedule is read in (e.g. `Europe/Paris`): a tick that a daylight-saving jump skips runs when the clock jumps, one it repeats runs once. Default `UTC`."""
+
+    template: TaskSpec
+    """The spec of each Task created, as a Task's spec (handler, payload, queue, retries, …), except runAt: a run starts at its tick (delaySeconds delays it). Required."""
+
+    concurrency_policy: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW
+    """What a tick does while an earlier run is unfinished: `Allow` (run both), `Forbid` (skip this tick) or `Replace` (delete the earlier run, which cancels it, and run this one). Default `Allow`."""
+
+    starting_deadline_seconds: int | None = pydantic.Field(default=None, ge=1, le=31536000)
+    """How late a tick may still run, in seconds (the operator was down, or the API server away): a later one is recorded as missed. Ticks missed in a row make one run at most, for the latest of them. Unset: the latest missed tick runs however late."""
+
+    suspend: bool = False
+    """True: no Task is created; ticks that pass while suspended never run, even after resuming. Runs already created are left alone. Default false."""
+
+    successful_history_limit: int = pydantic.Field(default=3, ge=0, le=1000)
+    """Succeeded Tasks of this schedule kept as objects; older ones are deleted (their history stays in PostgreSQL). Default 3."""
+
+    failed_history_limit: int = pydantic.Field(default=1, ge=0, le=1000)
+    """DeadLetter and Cancelled Tasks of this schedule kept as objects; older ones are deleted (their history stays in PostgreSQL). Default 1."""
+
+    @pydantic.field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        cron_expression(value)
+        return value
+
+    @pydantic.field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        time_zone(value)
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _starts_at_its_tick(self) -> "TaskScheduleSpec":
+        if self.template.run_at is not None:
+            raise ValueError("spec.template.runAt: a scheduled Task starts at its tick; use delaySeconds to delay it")
+        return self
+
+
+class TaskReference(_Schema):
+    """A Task this schedule created."""
+
+    name: str
+    """The Task's name: `<schedule>-<unix minutes of its tick>`."""
+    uid: str
+    """The Task's metadata.uid."""
+
+
+class TaskScheduleStatus(_Schema):
+    """What the schedule did, written by the operator's leader. Never edit by hand."""
+
+    last_schedule_time: datetime.datetime | None = None
+    """The latest tick a Task was created for."""
+    last_successful_time: datetime.datetime | None = None
+    """When the latest of its Tasks that succeeded finished."""
+    next_schedule_time: datetime.datetime | None = None
+    """The next tick (unset while suspended or refused)."""
+    active: list[TaskReference] = pydantic.Field(default_factory=list)
+    """Its Tasks that have not finished."""
+    active_count: int = 0
+    """How many of its Tasks have not finished (the length of active), for `kubectl get taskschedules`."""
+    missed: int = 0
+    """Ticks that did not run because the operator could not create them in time (startingDeadlineSeconds, or several missed in a row), counted since the schedule was created."""
+    conditions: list[Condition] = pydantic.Field(default_factory=list)
+    """Scheduled: True while ticks are created; False with reason InvalidSchedule, InvalidTimeZone or Suspended, and a message naming the field."""
+    observed_generation: int | None = None
+    """metadata.generation this status describes."""
+
+
 #: ``lastError.type`` (and the condition's reason) of a Task its Queue refuses: its namespace is not one the
 #: Queue's namespaceSelector matches.
 QUEUE_REFUSED = "QueueRefused"
@@ -469,3 +639,22 @@ class Queue(_Schema):
     metadata: dict[str, Any] = pydantic.Field(default_factory=dict)
     spec: QueueSpec = pydantic.Field(default_factory=QueueSpec)
     status: QueueStatus | None = None
+
+
+class TaskSchedule(_Schema):
+    """Creates a Task from a template on a cron schedule, each tick once (claimed in PostgreSQL), with CronJob's conventions.
+
+    Refused at ``kubectl apply`` by the API server (OpenAPI and CEL rules, ``crd.py``): unknown
+    fields, a template the Task schema refuses, a template with runAt, a bad concurrencyPolicy or
+    limit, a name over 63 characters, a schedule that is not five cron fields within their bounds (or
+    a macro), a timeZone that is not shaped like an IANA name. What only Python can check is the
+    operator's: a schedule that never fires (``0 0 30 2 *``) and a zone name the IANA database does
+    not know (``Mars/Olympus``). The leader refuses such a schedule visibly, creating nothing: the
+    Scheduled condition is False naming the field, with a Warning Event.
+    """
+
+    api_version: Literal["kubetask.io/v1alpha1"] = "kubetask.io/v1alpha1"
+    kind: Literal["TaskSchedule"] = "TaskSchedule"
+    metadata: dict[str, Any] = pydantic.Field(default_factory=dict)
+    spec: TaskScheduleSpec
+    status: TaskScheduleStatus | None = None

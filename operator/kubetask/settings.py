@@ -350,6 +350,12 @@ class OperatorSettings(_EnvSettings):
     """Seconds between sweeps that cancel tasks whose Task object was deleted while the operator was
     down (``KUBETASK_ORPHAN_SWEEP_SECONDS``). Default 60: one LIST of Tasks each time."""
 
+    schedule_interval_seconds: float = Field(default=10.0, gt=0)
+    """Longest wait between the scheduler's passes over the TaskSchedules
+    (``KUBETASK_SCHEDULE_INTERVAL_SECONDS``). It wakes at each schedule's next tick anyway; this
+    bounds how long a new, edited or resumed schedule waits to be seen. Default 10: a LIST of
+    TaskSchedules and one of their Tasks each pass."""
+
     refused_ttl_seconds: float = Field(default=3600.0, ge=0)
     """Seconds a Task refused at admission (status reason ``InvalidSpec``) is kept before the operator
     deletes it (``KUBETASK_REFUSED_TTL_SECONDS``), judged by the orphan sweep. Default 3600: time to

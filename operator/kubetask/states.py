@@ -52,3 +52,18 @@ class Outcome(enum.StrEnum):
     """The worker shut down and returned the task to the queue; does not spend the budget."""
     CANCELLED = "cancelled"
     """The Task was deleted during the attempt."""
+
+
+class TickOutcome(enum.StrEnum):
+    """What became of one tick of a TaskSchedule (``kubetask_schedule_ticks.outcome``)."""
+
+    CLAIMED = "claimed"
+    """Won by the leader, its Task being created: a later pass creates it again if the leader died."""
+    CREATED = "created"
+    """Its Task was created."""
+    SKIPPED = "skipped"
+    """Not run: concurrencyPolicy Forbid, and an earlier run had not finished."""
+    MISSED = "missed"
+    """Not run: later than startingDeadlineSeconds when the operator got to it."""
+    SUSPENDED = "suspended"
+    """Not run: it passed while the schedule was suspended."""

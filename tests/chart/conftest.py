@@ -76,7 +76,8 @@ def chart_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlpla
     try:
         crds = helm("template", "kubetask", str(CHART), *DB, "--show-only", "templates/crds.yaml").stdout
         plane.kubectl("apply", "--server-side", "-f", "-", input=crds)
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/tasks.kubetask.io")
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/tasks.kubetask.io",
+                      "crd/taskschedules.kubetask.io")
         yield plane
     finally:
         plane.stop()

@@ -81,6 +81,9 @@ def test_operator_rbac_works_and_grants_no_secrets(release_factory: Any) -> None
     assert _can_i(release, "list", "namespaces")
     assert not _can_i(release, "patch", "queues.kubetask.io")
     assert not _can_i(release, "patch", "namespaces")
+    assert _can_i(release, "list", "taskschedules.kubetask.io", "-n", ns)
+    assert _can_i(release, "patch", "taskschedules.kubetask.io", "--subresource=status", "-n", ns)
+    assert _can_i(release, "create", "tasks.kubetask.io", "-n", ns)
     # ... and nothing it does not: no Secrets anywhere, no Tasks outside its namespaces, no deletes of pods,
     # no edit of a Task (only its status) or of a Deployment (only its scale).
     assert not _can_i(release, "get", "secrets", "-n", "default")
@@ -89,6 +92,7 @@ def test_operator_rbac_works_and_grants_no_secrets(release_factory: Any) -> None
     assert not _can_i(release, "list", "tasks.kubetask.io", "-n", "default")
     assert not _can_i(release, "delete", "pods", "-n", ns)
     assert not _can_i(release, "patch", "tasks.kubetask.io", "-n", ns)
+    assert not _can_i(release, "patch", "taskschedules.kubetask.io", "-n", ns)
     assert not _can_i(release, "patch", "deployments.apps", "-n", ns)
     assert not _can_i(release, "update", "deployments.apps", "--subresource=scale", "-n", ns)
     # The real token is refused too, not only the impersonation.

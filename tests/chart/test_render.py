@@ -99,27 +99,29 @@ def test_the_removed_peering_values_are_refused(setting: str) -> None:
 # -- CRDs ------------------------------------------------------------------------------------
 
 
-CRD_NAMES = ["tasks.kubetask.io", "queues.kubetask.io"]
+CRD_FILES = {"task.yaml": "tasks.kubetask.io", "queue.yaml": "queues.kubetask.io",
+             "taskschedule.yaml": "taskschedules.kubetask.io"}
+CRD_NAMES = ["tasks.kubetask.io", "queues.kubetask.io", "taskschedules.kubetask.io"]
 
 
-@pytest.mark.parametrize("file", ["task.yaml", "queue.yaml"])
-def test_the_charts_crd_copy_equals_the_generated_crd(file: str) -> None:
-    copy = (CHART / "files" / "crds" / file).read_bytes()
-    assert copy == (ROOT / "crds" / file).read_bytes(), (
-        f"charts/kubetask/files/crds/{file} differs from crds/{file}: run `make crds`")
+def test_the_charts_crd_copies_equal_the_generated_crds() -> None:
+    assert sorted(path.name for path in (CHART / "files" / "crds").iterdir()) == sorted(CRD_FILES)
+    for name in CRD_FILES:
+        copy = (CHART / "files" / "crds" / name).read_bytes()
+        assert copy == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/kubetask/files/crds/{name} differs from crds/{name}: run `make crds`")
 
 
-@pytest.mark.parametrize(("file", "name"), [("task.yaml", "tasks.kubetask.io"), ("queue.yaml", "queues.kubetask.io")])
-def test_the_rendered_crd_is_the_generated_one_plus_labels_and_keep(file: str, name: str) -> None:
-    (rendered,) = [crd for crd in of_kind(render(*DB), "CustomResourceDefinition")
-                   if crd["metadata"]["name"] == name]
+@pytest.mark.parametrize(("file", "name"), sorted(CRD_FILES.items()))
+def test_the_rendered_crds_are_the_generated_ones_plus_labels_and_keep(file: str, name: str) -> None:
+    (rendered,) = [crd for crd in of_kind(render(*DB), "CustomResourceDefinition") if crd["metadata"]["name"] == name]
     generated = yaml.safe_load((ROOT / "crds" / file).read_text())
     assert rendered["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
     assert rendered["metadata"].pop("labels")["app.kubernetes.io/part-of"] == "kubetask"
     assert rendered == generated
 
 
-def test_the_task_and_queue_crds_are_the_only_crds_and_can_be_left_out_or_not_kept() -> None:
+def test_the_kubetask_crds_are_the_only_crds_and_can_be_left_out_or_not_kept() -> None:
     names = [crd["metadata"]["name"] for crd in of_kind(render(*DB), "CustomResourceDefinition")]
     assert names == CRD_NAMES
     unkept = of_kind(render(*DB, "--set", "crds.keep=false"), "CustomResourceDefinition")
@@ -277,10 +279,13 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
             for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
 
 
-#: What the operator may do with Tasks, wherever it serves them: no patch of a Task itself, only its status.
+#: What the operator may do with Tasks and TaskSchedules, wherever it serves them: no patch of a Task or a
+#: TaskSchedule itself, only their status; Tasks are created (by schedules) and deleted, schedules only read.
 TASK_RULES = {
-    ("kubetask.io", "tasks"): {"get", "list", "watch", "delete"},
+    ("kubetask.io", "tasks"): {"get", "list", "watch", "delete", "create"},
     ("kubetask.io", "tasks/status"): {"patch"},
+    ("kubetask.io", "taskschedules"): {"get", "list", "watch"},
+    ("kubetask.io", "taskschedules/status"): {"patch"},
     ("", "events"): {"create"},
 }
 #: What it may do with worker pools, in the pool namespaces only: scale (not edit) Deployments, annotate pods.

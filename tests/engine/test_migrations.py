@@ -9,7 +9,7 @@ import pytest
 
 from kubetask import db, states
 
-MIGRATIONS = ["0001_initial", "0002_history_retention", "0003_release", "0004_queues"]
+MIGRATIONS = ["0001_initial", "0002_history_retention", "0003_release", "0004_queues", "0005_schedules"]
 
 SCHEMA = """
 SELECT table_name, column_name, data_type, is_nullable, column_default
@@ -19,7 +19,7 @@ SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), '', ''
 FROM pg_constraint WHERE connamespace = 'public'::regnamespace
 UNION ALL
 SELECT tablename, indexname, indexdef, '', '' FROM pg_indexes WHERE schemaname = 'public'
-ORDER BY 1, 2
+ORDER BY 1, 2, 3
 """
 
 
@@ -111,7 +111,7 @@ def test_every_query_is_loaded_and_named_uniquely() -> None:
 
 def test_every_named_query_says_what_it_is_for() -> None:
     """A one-line description above every statement (the file is read by people, not only loaded)."""
-    for slice_name in ("schema", "queue", "outbox", "upkeep", "reads"):
+    for slice_name in ("schema", "queue", "outbox", "upkeep", "reads", "ticks"):
         text = (pathlib.Path(db.__file__).parent / "sql" / f"{slice_name}.sql").read_text()
         for name, first in re.findall(r"^-- name: (\w+)\n(.*)$", text, flags=re.M):
             assert first.startswith("-- "), f"{slice_name}.sql: query {name} has no description"

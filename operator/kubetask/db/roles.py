@@ -30,8 +30,9 @@ QUERIES = sql.load("roles")
 WORKER = "kubetask_worker"
 READER = "kubetask_reader"
 GRANTS = {WORKER: "grant_worker", READER: "grant_reader"}
-OWNER_ONLY = frozenset({"kubetask_release", "kubetask_schema_version"})
-"""Tables only the owner touches: the release lock and the migration ledger."""
+OWNER_ONLY = frozenset({"kubetask_release", "kubetask_schema_version", "kubetask_schedule_ticks"})
+"""Tables only the owner touches: the release lock, the migration ledger, and the TaskSchedules' ticks
+(the operator's leader claims them; no worker or reader has a use for them)."""
 
 log = logging.getLogger("kubetask.db")
 

@@ -162,6 +162,11 @@ class Runtime:
     last_scale_pass: float = float("-inf")
     """When the scaler's last pass began (``time.monotonic``), for its minimum gap."""
     leading: bool = False
+    schedules_served: bool | None = None
+    """Whether the API server serves TaskSchedules (None: not asked yet), so a missing CRD is told once."""
+    next_tick_at: float = float("inf")
+    """When (``time.monotonic``) the earliest next tick of any TaskSchedule is due, as the scheduler's
+    last pass saw it: its next pass starts then, or after ``schedule_interval_seconds``."""
     unrowed: Unrowed = dataclasses.field(default_factory=Unrowed)
     background: set[asyncio.Future[None]] = dataclasses.field(default_factory=set)
     """Fire-and-forget Event posts, held so they are not garbage-collected mid-flight."""

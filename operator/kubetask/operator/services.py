@@ -2,7 +2,8 @@
 
 Every replica watches and admits (admission, cancellation and retries are
 idempotent in SQL), and listens for NOTIFY to wake its services. Only the
-leader mirrors, scales and keeps up (rescuer, TTL, orphans, retention). The
+leader mirrors, scales, keeps up (rescuer, TTL, orphans, retention) and
+creates the TaskSchedules' Tasks (scheduler). The
 leader is whoever holds a session-level PostgreSQL advisory lock: when it dies
 its session ends, the lock is released, and a standby takes over within
 ``leader_poll_seconds``. No kopf peering objects or extra RBAC are needed,
@@ -19,7 +20,7 @@ import random
 from collections.abc import Callable
 
 from kubetask import db, supervise
-from kubetask.operator import admission, loop, mirror, pools, queues, upkeep
+from kubetask.operator import admission, loop, mirror, pools, queues, schedules, upkeep
 from kubetask.operator.runtime import RunOnce, Runtime
 
 log = logging.getLogger("kubetask.operator")
@@ -55,6 +56,7 @@ LEADER = [
     Service("ttl", upkeep.ttl_once, interval=lambda rt: rt.config.cleaner_interval_seconds),
     Service("orphans", upkeep.orphans_once, interval=lambda rt: rt.config.orphan_sweep_seconds),
     Service("retention", upkeep.retention_once, interval=lambda rt: rt.config.history_retention_interval_seconds),
+    Service("scheduler", schedules.run_once, interval=schedules.interval),
 ]
 
 

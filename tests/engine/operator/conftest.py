@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubetask_dev import controlplane
+from kubetask_dev import controlplane, devstack
 
 from kubetask import kube, model, settings
 from kubetask.operator.runtime import Runtime
@@ -28,7 +28,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 def crd_plane(control_plane: controlplane.ControlPlane) -> controlplane.ControlPlane:
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     control_plane.kubectl("wait", "--for=condition=Established", "crd/tasks.kubetask.io", "crd/queues.kubetask.io",
-                          "--timeout=60s")
+                          "crd/taskschedules.kubetask.io", "--timeout=60s")
+    # Established is not served yet: a LIST right after answers 429 "storage is (re)initializing".
+    devstack.wait_for(lambda: control_plane.kubectl("get", "tasks,taskschedules,queues", "-A", check=False).returncode == 0,
+                      30, "the kubetask.io resources to be served", interval=0.2)
     return control_plane
 
 
