@@ -156,12 +156,13 @@ def _schema_of(cls: type[model._Schema]) -> dict[str, Any]:
 
 def _crd(*, kind: str, plural: str, singular: str, short_names: tuple[str, ...], description: str | None,
          spec: dict[str, Any], status: dict[str, Any], columns: list[dict[str, Any]],
-         root_rules: list[dict[str, str]] | None = None) -> dict[str, Any]:
+         root_rules: list[dict[str, str]] | None = None, scope: str = "Namespaced",
+         spec_required: bool = True) -> dict[str, Any]:
     status.pop("default", None)
     root: dict[str, Any] = {
         "type": "object",
         "description": description,
-        "required": ["spec"],
+        **({"required": ["spec"]} if spec_required else {}),
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
@@ -178,7 +179,7 @@ def _crd(*, kind: str, plural: str, singular: str, short_names: tuple[str, ...],
         "metadata": {"name": f"{plural}.{model.GROUP}"},
         "spec": {
             "group": model.GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
                 "kind": kind,
                 "plural": plural,
@@ -278,46 +279,11 @@ def render_queue() -> dict[str, Any]:
     selector["default"] = {}
     selector["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = QUEUE_SELECTOR_RULES
     selector["properties"]["matchLabels"]["x-kubernetes-validations"] = QUEUE_MATCH_LABELS_RULES
-    status = _schema_of(model.QueueStatus)
-    status.pop("default", None)
-    root = {
-        "type": "object",
-        "description": model.Queue.__doc__,
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
-        "x-kubernetes-validations": QUEUE_ROOT_RULES,
-    }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{model.QUEUE_PLURAL}.{model.GROUP}"},
-        "spec": {
-            "group": model.GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": model.QUEUE_KIND,
-                "plural": model.QUEUE_PLURAL,
-                "singular": model.QUEUE_SINGULAR,
-                "shortNames": list(model.QUEUE_SHORT_NAMES),
-                "categories": ["kubetask"],
-            },
-            "versions": [
-                {
-                    "name": model.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": QUEUE_PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
-        },
-    }
+    # No spec required: an empty Queue (every namespace, no limits) is a Queue.
+    return _crd(kind=model.QUEUE_KIND, plural=model.QUEUE_PLURAL, singular=model.QUEUE_SINGULAR,
+                short_names=model.QUEUE_SHORT_NAMES, description=model.Queue.__doc__, spec=spec,
+                status=_schema_of(model.QueueStatus), columns=QUEUE_PRINTER_COLUMNS, root_rules=QUEUE_ROOT_RULES,
+                scope="Cluster", spec_required=False)
 
 
 #: The files ``make crds`` writes into ``crds/`` (and the chart copies) → the CRD each holds.

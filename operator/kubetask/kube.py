@@ -312,12 +312,19 @@ class Kube:
         items = await self._list_all("/api/v1/namespaces", accept=METADATA_LIST)
         return {item["metadata"]["name"]: dict(item["metadata"].get("labels") or {}) for item in items}
 
-    async def _list_all(self, collection: str, accept: str = "application/json") -> list[dict[str, Any]]:
+    async def _list_all(self, collection: str, accept: str = "application/json",
+                        label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Every item of a collection, a page at a time."""
         items: list[dict[str, Any]] = []
         cont: str | None = None
         while True:
-            query = f"?limit={LIST_PAGE}" + (f"&continue={_quote(cont)}" if cont else "")
-            page = json.loads(await self._http.request("GET", collection + query, None, accept=accept))
+            query = {"limit": str(LIST_PAGE)}
+            if label_selector:
+                query["labelSelector"] = label_selector
+            if cont:
+                query["continue"] = cont
+            page = json.loads(await self._http.request("GET", f"{collection}?{urllib.parse.urlencode(query)}", None,
+                                                       accept=accept))
             items.extend(page.get("items") or ())
             cont = (page.get("metadata") or {}).get("continue")
             if not cont:
@@ -333,19 +340,7 @@ class Kube:
         for namespace in [*namespaces] if namespaces else [None]:
             collection = (f"{base}/{plural}" if namespace is None
                           else f"{base}/namespaces/{_quote(namespace)}/{plural}")
-            cont: str | None = None
-            while True:
-                query = {"limit": str(LIST_PAGE)}
-                if label_selector:
-                    query["labelSelector"] = label_selector
-                if cont:
-                    query["continue"] = cont
-                page = json.loads(await self._http.request("GET", f"{collection}?{urllib.parse.urlencode(query)}",
-                                                           None))
-                items.extend(page.get("items") or ())
-                cont = (page.get("metadata") or {}).get("continue")
-                if not cont:
-                    break
+            items.extend(await self._list_all(collection, label_selector=label_selector))
         return items
 
     async def schedules(self, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
