@@ -240,17 +240,7 @@ async def _create(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any], s
     meta = body["metadata"]
     namespace, schedule, uid = meta["namespace"], meta["name"], meta["uid"]
     name = cron.task_name(schedule, tick)
-    task = {
-        "apiVersion": model.API_VERSION, "kind": model.KIND,
-        "metadata": {
-            "name": name, "namespace": namespace,
-            "labels": {model.SCHEDULE_LABEL: schedule},
-            "annotations": {model.TICK_ANNOTATION: rfc3339(tick)},
-            "ownerReferences": [{"apiVersion": model.API_VERSION, "kind": model.SCHEDULE_KIND, "name": schedule,
-                                 "uid": uid, "controller": True}],
-        },
-        "spec": (body.get("spec") or {}).get("template") or {},
-    }
+    task = cron.task_body(body, name, {model.TICK_ANNOTATION: rfc3339(tick)})
     about = logs.about(namespace, schedule, uid)
     try:
         stored = await rt.kube.create_task(namespace, task)
