@@ -597,7 +597,7 @@ class TaskReference(_Schema):
     """A Task this schedule created."""
 
     name: str
-    """The Task's name: `<schedule>-<unix minutes of its tick>`."""
+    """The Task's name: `<schedule>-<unix minutes of its tick>`, or `<schedule>-manual-<unix seconds>` for a run `kubetask schedule trigger` made."""
     uid: str
     """The Task's metadata.uid."""
 
