@@ -1,4 +1,4 @@
-"""The scheduler's decisions, pure: which tick of a TaskSchedule is due, and what to do with it.
+"""The scheduler's decisions, pure: which tick of a TaskSchedule is due, what to do with it, and the Task it makes.
 
 Given the schedule's spec, where it last got to (its newest recorded tick, or its creation), the
 database's clock and whether an earlier run is unfinished, ``plan`` says what one pass does. The
@@ -26,7 +26,8 @@ import dataclasses
 import datetime
 import enum
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import cronsim
 
@@ -121,3 +122,29 @@ def plan(spec: model.TaskScheduleSpec, *, since: datetime.datetime, now: datetim
 def task_name(schedule: str, tick: datetime.datetime) -> str:
     """The Task of a tick: ``<schedule>-<unix minutes>``, the same on every replica and every pass."""
     return f"{schedule}-{int(tick.timestamp()) // 60}"
+
+
+def manual_task_name(schedule: str, at: datetime.datetime) -> str:
+    """A run made by hand (``kubetask schedule trigger``): ``<schedule>-manual-<unix seconds>``, never a tick's name."""
+    return f"{schedule}-manual-{int(at.timestamp())}"
+
+
+def task_body(schedule: Mapping[str, Any], name: str, annotations: Mapping[str, str]) -> dict[str, Any]:
+    """The Task ``name`` a TaskSchedule (its object, as listed) creates: the template as its spec, labelled with
+    the schedule and owned by it (controller), so the scheduler counts it among the schedule's runs (Forbid waits
+    for it, Replace deletes it, the history limits prune it) and deleting the schedule deletes it.
+
+    One body for the scheduler's ticks and for ``kubetask schedule trigger``: only the name and annotations differ.
+    """
+    meta = schedule["metadata"]
+    return {
+        "apiVersion": model.API_VERSION, "kind": model.KIND,
+        "metadata": {
+            "name": name, "namespace": meta["namespace"],
+            "labels": {model.SCHEDULE_LABEL: meta["name"]},
+            "annotations": dict(annotations),
+            "ownerReferences": [{"apiVersion": model.API_VERSION, "kind": model.SCHEDULE_KIND, "name": meta["name"],
+                                 "uid": meta["uid"], "controller": True}],
+        },
+        "spec": (schedule.get("spec") or {}).get("template") or {},
+    }

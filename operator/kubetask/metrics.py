@@ -243,10 +243,24 @@ class OperatorMetrics:
             "kubetask_status_refused", "Task statuses the API server refused for good (403, 422, any 4xx but "
             "404, 408, 409 and 429), by HTTP code: given up, the Task's row keeps the truth.", ["code"],
             registry=self.registry)
+        self._schedule_ticks: dict[tuple[str, str], dict[str, int]] = {}
+        """(namespace, schedule) → outcome → ticks this replica recorded."""
         self.database: DatabaseFacts | None = None
         self.refreshed_at: float | None = None
         """Monotonic time of the last refresh of ``database``."""
         self.registry.register(_OperatorCollector(self, leading, pools, api_writes))
+
+    def schedule_ticks(self, namespace: str, schedule: str, outcome: str, count: int = 1) -> None:
+        """This replica recorded ``count`` ticks of a TaskSchedule with ``outcome`` (created, skipped, missed,
+        suspended): each tick is recorded by one pass only (``db.ticks``), so a sum over replicas counts it once."""
+        if count > 0:
+            outcomes = self._schedule_ticks.setdefault((namespace, schedule), {})
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+
+    def forget_schedules(self, live: Collection[tuple[str, str]]) -> None:
+        """Drop the series of schedules no longer listed (deleted): the label sets stay those of live objects."""
+        for key in self._schedule_ticks.keys() - set(live):
+            del self._schedule_ticks[key]
 
 
 class _OperatorCollector(prometheus_client.registry.Collector):
@@ -268,6 +282,15 @@ class _OperatorCollector(prometheus_client.registry.Collector):
         for kind, count in sorted(self._api_writes().items()):
             writes.add_metric([kind], count)
         yield writes
+        ticks = CounterMetricFamily("kubetask_schedule_ticks", "TaskSchedule ticks this replica recorded, by "
+                                    "outcome: created (its Task made), skipped (concurrencyPolicy Forbid), missed "
+                                    "(too late for startingDeadlineSeconds, passed over in a row while the "
+                                    "operator was away, or its Task refused), suspended (spec.suspend).",
+                                    labels=["namespace", "schedule", "outcome"])
+        for (namespace, schedule), outcomes in sorted(self._owner._schedule_ticks.items()):
+            for outcome, count in sorted(outcomes.items()):
+                ticks.add_metric([namespace, schedule, outcome], count)
+        yield ticks
         if not leading:
             return
         desired = GaugeMetricFamily("kubetask_pool_desired_replicas", "Replicas the scaler set for a worker pool.",

@@ -465,6 +465,10 @@ SCHEDULE_SHORT_NAMES = ("kts",)
 SCHEDULE_LABEL = f"{GROUP}/schedule"
 #: Annotation on every Task a schedule created: the tick it runs for (RFC 3339, UTC).
 TICK_ANNOTATION = f"{GROUP}/scheduled-at"
+#: Annotation on a Task ``kubetask schedule trigger`` created from a schedule, outside its ticks: ``manual``
+#: (CronJob's ``cronjob.kubernetes.io/instantiate: manual``). Such a Task has no TICK_ANNOTATION.
+MANUAL_ANNOTATION = f"{GROUP}/instantiate"
+MANUAL = "manual"
 #: Longest schedule name: its Tasks carry it as a label value (63 at most), and are named
 #: ``<schedule>-<unix minutes of the tick>``.
 MAX_SCHEDULE_NAME_LENGTH = 63
@@ -593,7 +597,7 @@ class TaskReference(_Schema):
     """A Task this schedule created."""
 
     name: str
-    """The Task's name: `<schedule>-<unix minutes of its tick>`."""
+    """The Task's name: `<schedule>-<unix minutes of its tick>`, or `<schedule>-manual-<unix seconds>` for a run `kubetask schedule trigger` made."""
     uid: str
     """The Task's metadata.uid."""
 

@@ -121,3 +121,26 @@ def test_queues_no_pool_serves_are_folded_into_one_series() -> None:
     assert samples[("kubetask_queue_depth", frozenset({("queue", metrics.UNSERVED_QUEUE)}))] == 50
     assert samples[("kubetask_queue_oldest_due_seconds", frozenset({("queue", metrics.UNSERVED_QUEUE)}))] == 49
     assert samples[("kubetask_tasks", frozenset({("queue", metrics.UNSERVED_QUEUE), ("phase", "Queued")}))] == 50
+
+
+def test_schedule_ticks_are_counted_on_every_replica_and_a_deleted_schedules_series_go() -> None:
+    meters = _operator(False, None)
+    meters.schedule_ticks("ns", "nightly", "created")
+    meters.schedule_ticks("ns", "nightly", "created")
+    meters.schedule_ticks("ns", "nightly", "missed", 9)
+    meters.schedule_ticks("ns", "nightly", "skipped", 0)  # nothing passed over: no series
+    meters.schedule_ticks("other", "hourly", "suspended")
+    samples = rendered(meters.registry)
+
+    def ticks(namespace: str, schedule: str, outcome: str) -> frozenset[tuple[str, str]]:
+        return frozenset({"namespace": namespace, "schedule": schedule, "outcome": outcome}.items())
+
+    assert samples[("kubetask_schedule_ticks_total", ticks("ns", "nightly", "created"))] == 2
+    assert samples[("kubetask_schedule_ticks_total", ticks("ns", "nightly", "missed"))] == 9
+    assert ("kubetask_schedule_ticks_total", ticks("ns", "nightly", "skipped")) not in samples
+    assert samples[("kubetask_schedule_ticks_total", ticks("other", "hourly", "suspended"))] == 1, \
+        "a standby that led reports the ticks it recorded, as its other counters"
+    meters.forget_schedules([("other", "hourly")])
+    left = {dict(labels)["schedule"] for name, labels in rendered(meters.registry)
+            if name == "kubetask_schedule_ticks_total"}
+    assert left == {"hourly"}

@@ -7,6 +7,8 @@
     kubetask retry NAME                     run a finished Task again (the retry annotation)
     kubetask stats                          per-queue numbers from PostgreSQL
     kubetask dead-letter list | retry       the dead letter
+    kubetask schedule list | trigger NAME | suspend NAME | resume NAME
+                                            TaskSchedules (trigger: one run now)
     kubetask crd                            print the Task and Queue CRDs generated from the models
 
 Exit codes, for scripts: 0 success; 1 the Task failed (DeadLetter or Cancelled)
@@ -24,7 +26,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from kubetask.cli import history, tasks, terminal
+from kubetask.cli import history, schedules, tasks, terminal
 
 
 PROCESSES = ("operator", "worker")
@@ -118,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="retry every dead-lettered Task (with retry)")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--queue", help="only Tasks of this queue")
+    schedules.add_parser(command)
     return top
 
 

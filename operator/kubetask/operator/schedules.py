@@ -17,6 +17,10 @@ A pass reads the database's clock, LISTs the TaskSchedules and the Tasks they cr
 4. deletes its finished Tasks beyond successfulHistoryLimit / failedHistoryLimit, oldest first
    (the history stays in PostgreSQL), and patches its status when it changed.
 
+Each tick a pass records (or settles) is counted in ``kubetask_schedule_ticks_total`` by outcome,
+by that pass only, so a sum over replicas counts it once; ticks passed over count as missed (as
+suspended during a suspension). A schedule no longer listed leaves the metric.
+
 The next pass starts at the earliest next tick of all schedules, or after
 ``schedule_interval_seconds`` (a new or edited schedule is seen then). Everything a pass needs is
 in the rows and the objects, so a restarted or new leader goes on where the last one stopped.
@@ -104,10 +108,12 @@ async def schedule_pass(rt: Runtime, conn: db.connection.Conn, now: datetime.dat
                         "no schedule is served until it is")
         rt.schedules_served = False
         rt.next_tick_at = float("inf")
+        rt.meters.forget_schedules(())
         return
     rt.schedules_served = True
     schedules = [body for body in listed
                  if ours(rt.config, {"spec": (body.get("spec") or {}).get("template") or {}})]
+    rt.meters.forget_schedules({(body["metadata"]["namespace"], body["metadata"]["name"]) for body in schedules})
     runs: dict[str, list[Run]] = {}
     for task in await rt.kube.scheduled_tasks(namespaces):
         for owner in task["metadata"].get("ownerReferences") or ():
@@ -152,6 +158,7 @@ async def _schedule(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any],
         if await db.ticks.record(conn, uid=uid, at=planned.tick, namespace=namespace, schedule=name,
                                  outcome=TickOutcome.CLAIMED, task_name=task_name, passed_over=planned.passed_over):
             missed += planned.passed_over
+            _count(rt, body, TickOutcome.MISSED, planned.passed_over)
             if spec.concurrency_policy == model.ConcurrencyPolicy.REPLACE:
                 await _replace(rt, body, unfinished, task_name)
                 replaced = True
@@ -159,8 +166,12 @@ async def _schedule(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any],
     elif planned.action is not None and planned.tick is not None:
         if await db.ticks.record(conn, uid=uid, at=planned.tick, namespace=namespace, schedule=name,
                                  outcome=OUTCOME_OF[planned.action], passed_over=planned.passed_over):
+            _count(rt, body, OUTCOME_OF[planned.action])
             if planned.action != cron.Action.SUSPEND:  # a suspension's ticks are not missed: none was to run
                 missed += planned.passed_over + (1 if planned.action == cron.Action.MISS else 0)
+                _count(rt, body, TickOutcome.MISSED, planned.passed_over)
+            else:
+                _count(rt, body, TickOutcome.SUSPENDED, planned.passed_over)
             if planned.action == cron.Action.SKIP:
                 log.info("TaskSchedule %s/%s: tick %s skipped, %s still running (concurrencyPolicy Forbid)",
                          namespace, name, rfc3339(planned.tick), ", ".join(r.name for r in unfinished),
@@ -178,6 +189,18 @@ async def _schedule(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any],
         active.append(created)
     await _patch_status(rt, body, spec, status, planned, kept, active, created, missed)
     return None if spec.suspend else planned.next_at
+
+
+def _count(rt: Runtime, body: dict[str, Any], outcome: TickOutcome, count: int = 1) -> None:
+    """Count ticks this pass recorded (``kubetask_schedule_ticks_total``); passed-over ticks count as their kind."""
+    rt.meters.schedule_ticks(body["metadata"]["namespace"], body["metadata"]["name"], outcome.value, count)
+
+
+async def _settle(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any], tick: datetime.datetime,
+                  outcome: TickOutcome) -> None:
+    """End a claimed tick, counted by the pass that ended it only (another may have settled it meanwhile)."""
+    if await db.ticks.settle(conn, body["metadata"]["uid"], tick, outcome):
+        _count(rt, body, outcome)
 
 
 def _refusal(err: pydantic.ValidationError) -> tuple[str, str]:
@@ -229,7 +252,7 @@ async def _finish_claim(rt: Runtime, conn: db.connection.Conn, body: dict[str, A
     """A tick claimed by a pass that did not get to create its Task: create it now, or miss it if too late."""
     deadline = spec.starting_deadline_seconds
     if deadline is not None and (now - last.at).total_seconds() > deadline:
-        await db.ticks.settle(conn, body["metadata"]["uid"], last.at, TickOutcome.MISSED)
+        await _settle(rt, conn, body, last.at, TickOutcome.MISSED)
         return None, 1
     return await _create(rt, conn, body, spec, last.at, now), 0
 
@@ -240,17 +263,7 @@ async def _create(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any], s
     meta = body["metadata"]
     namespace, schedule, uid = meta["namespace"], meta["name"], meta["uid"]
     name = cron.task_name(schedule, tick)
-    task = {
-        "apiVersion": model.API_VERSION, "kind": model.KIND,
-        "metadata": {
-            "name": name, "namespace": namespace,
-            "labels": {model.SCHEDULE_LABEL: schedule},
-            "annotations": {model.TICK_ANNOTATION: rfc3339(tick)},
-            "ownerReferences": [{"apiVersion": model.API_VERSION, "kind": model.SCHEDULE_KIND, "name": schedule,
-                                 "uid": uid, "controller": True}],
-        },
-        "spec": (body.get("spec") or {}).get("template") or {},
-    }
+    task = cron.task_body(body, name, {model.TICK_ANNOTATION: rfc3339(tick)})
     about = logs.about(namespace, schedule, uid)
     try:
         stored = await rt.kube.create_task(namespace, task)
@@ -259,7 +272,7 @@ async def _create(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any], s
         stored = existing if existing is not None else {"metadata": {"name": name, "uid": ""}}
         log.info("TaskSchedule %s/%s: the Task %s of the tick %s existed already (created by an earlier pass)",
                  namespace, schedule, name, rfc3339(tick), extra=about)
-        await db.ticks.settle(conn, uid, tick, TickOutcome.CREATED)
+        await _settle(rt, conn, body, tick, TickOutcome.CREATED)
         return dataclasses.replace(Run.of(stored), tick=tick)
     except kube.ApiError as err:
         if not 400 <= err.status < 500 or err.status == 429:
@@ -268,9 +281,9 @@ async def _create(rt: Runtime, conn: db.connection.Conn, body: dict[str, Any], s
         log.warning("TaskSchedule %s/%s: %s", namespace, schedule, message, extra=about)
         rt.in_background(rt.kube.post_event(namespace, schedule, uid, "CreateRefused", message, warning=True,
                                             kind=model.SCHEDULE_KIND))
-        await db.ticks.settle(conn, uid, tick, TickOutcome.MISSED)
+        await _settle(rt, conn, body, tick, TickOutcome.MISSED)
         return None
-    await db.ticks.settle(conn, uid, tick, TickOutcome.CREATED)
+    await _settle(rt, conn, body, tick, TickOutcome.CREATED)
     log.info("TaskSchedule %s/%s: created Task %s for the tick %s (%.0f s after it)", namespace, schedule, name,
              rfc3339(tick), (now - tick).total_seconds(), extra=about)
     return dataclasses.replace(Run.of(stored), tick=tick)

@@ -12,8 +12,10 @@ import datetime
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import prometheus_client
 import pytest
 from conftest import events_of, get_task
+from prometheus_client.parser import text_string_to_metric_families
 from kubetask_dev import controlplane
 
 from kubetask import cron, db, kube, model, settings
@@ -69,6 +71,14 @@ async def ticks(conn: db.connection.Conn) -> list[tuple[datetime.datetime, str, 
     cursor = await conn.execute("SELECT tick_at, outcome, task_name, passed_over FROM kubetask_schedule_ticks "
                                 "ORDER BY tick_at")
     return list(await cursor.fetchall())
+
+
+def counted(rt: Runtime, namespace: str, schedule: str = "every-minute") -> dict[str, float]:
+    """``kubetask_schedule_ticks_total`` of one schedule on this replica's metrics endpoint, by outcome."""
+    text = prometheus_client.generate_latest(rt.meters.registry).decode()
+    return {sample.labels["outcome"]: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == "kubetask_schedule_ticks_total"
+            and (sample.labels["namespace"], sample.labels["schedule"]) == (namespace, schedule)}
 
 
 async def _runtime(dsn: str, plane: controlplane.ControlPlane, namespace: str) -> Runtime:
@@ -128,6 +138,7 @@ async def test_a_minutely_schedule_creates_one_task_per_tick_named_owned_and_lab
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Scheduled": "True"}
     assert [(at, outcome) for at, outcome, _, _ in await ticks(conn)] == [
         (tick + n * MINUTE, TickOutcome.CREATED) for n in range(3)]
+    assert counted(runtime, namespace) == {"created": 3}
 
 
 async def test_two_replicas_passing_at_once_create_each_tick_once(
@@ -141,6 +152,8 @@ async def test_two_replicas_passing_at_once_create_each_tick_once(
     assert sorted(await tasks_of(runtime, namespace)) == [
         cron.task_name("every-minute", tick + n * MINUTE) for n in range(3)]
     assert [outcome for _, outcome, _, _ in await ticks(conn)] == [TickOutcome.CREATED] * 3
+    mine, theirs = counted(runtime, namespace), counted(second_runtime, namespace)
+    assert mine.get("created", 0) + theirs.get("created", 0) == 3, "a sum over replicas counts each tick once"
 
 
 async def test_a_leader_killed_between_claim_and_create_has_its_tick_created_once_by_the_next(
@@ -196,6 +209,7 @@ async def test_ten_minutes_of_downtime_make_exactly_one_catch_up_run(
     assert [(at, outcome, over) for at, outcome, _, over in await ticks(conn)] == [
         (tick, TickOutcome.CREATED, 0), (tick + 10 * MINUTE, TickOutcome.CREATED, 9)]
     assert (await get_schedule(runtime, namespace))["status"]["missed"] == 9
+    assert counted(runtime, namespace) == {"created": 2, "missed": 9}
 
     async def missed_event() -> Any:
         return [e for e in await events_of(runtime, namespace, "every-minute") if e["reason"] == "Missed"]
@@ -215,6 +229,7 @@ async def test_a_tick_later_than_the_starting_deadline_is_recorded_missed(
     assert status["missed"] == 1 and "lastScheduleTime" not in status
     await schedules.schedule_pass(runtime, conn, tick + MINUTE + 29 * SECOND)
     assert list(await tasks_of(runtime, namespace)) == [cron.task_name("every-minute", tick + MINUTE)]
+    assert counted(runtime, namespace) == {"missed": 1, "created": 1}
 
 
 async def test_forbid_skips_while_the_previous_run_is_unfinished(
@@ -231,6 +246,7 @@ async def test_forbid_skips_while_the_previous_run_is_unfinished(
                                                          cron.task_name("every-minute", tick + 2 * MINUTE)]
     assert [outcome for _, outcome, _, _ in await ticks(conn)] == [
         TickOutcome.CREATED, TickOutcome.SKIPPED, TickOutcome.CREATED]
+    assert counted(runtime, namespace) == {"created": 2, "skipped": 1}
     status = (await get_schedule(runtime, namespace))["status"]
     assert status["lastSuccessfulTime"] == schedules.rfc3339(tick + 90 * SECOND)
     assert [a["name"] for a in status["active"]] == [cron.task_name("every-minute", tick + 2 * MINUTE)]
@@ -275,6 +291,7 @@ async def test_suspended_ticks_never_run_even_after_resuming(
     assert await tasks_of(runtime, namespace) == {}, "the tick of the suspension does not run on resume"
     await schedules.schedule_pass(runtime, conn, tick + 4 * MINUTE + SECOND)
     assert list(await tasks_of(runtime, namespace)) == [cron.task_name("every-minute", tick + 4 * MINUTE)]
+    assert counted(runtime, namespace) == {"suspended": 4, "created": 1}, "four ticks passed while suspended"
 
 
 async def test_suspending_leaves_the_active_run_alone(runtime: Runtime, conn: db.connection.Conn,
@@ -380,8 +397,11 @@ async def test_deleting_the_schedule_deletes_its_tasks(runtime: Runtime, conn: d
     schedule = await create_schedule(runtime, namespace)
     await schedules.schedule_pass(runtime, conn, first_tick(schedule) + SECOND)
     assert len(await tasks_of(runtime, namespace)) == 1
+    assert counted(runtime, namespace) == {"created": 1}
     await asyncio.to_thread(runtime.kube.custom.delete_namespaced_custom_object, model.GROUP, model.VERSION,
                             namespace, model.SCHEDULE_PLURAL, "every-minute")
+    await schedules.schedule_pass(runtime, conn, first_tick(schedule) + 2 * SECOND)
+    assert counted(runtime, namespace) == {}, "a deleted schedule's series leave the next scrape"
 
     async def collected() -> bool:
         return await tasks_of(runtime, namespace) == {}
