@@ -23,6 +23,9 @@ from kubetask.operator import schedules, services
 from kubetask.operator.runtime import Runtime
 from kubetask.states import TickOutcome
 
+OWNER = "kubetask.io/engine-tests"
+"""The schedules' (their templates') ``managedBy``: the e2e stack's operator shares the session's control plane
+and would otherwise run these schedules on the real clock, next to the passes the tests drive."""
 MINUTE = datetime.timedelta(minutes=1)
 SECOND = datetime.timedelta(seconds=1)
 
@@ -30,7 +33,8 @@ SECOND = datetime.timedelta(seconds=1)
 async def create_schedule(rt: Runtime, namespace: str, name: str = "every-minute", **spec: Any) -> dict[str, Any]:
     body = {"apiVersion": model.API_VERSION, "kind": model.SCHEDULE_KIND,
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"schedule": "* * * * *", "template": {"type": "echo", "payload": {"from": name}}, **spec}}
+            "spec": {"schedule": "* * * * *",
+                     "template": {"type": "echo", "payload": {"from": name}, "managedBy": OWNER}, **spec}}
     created: dict[str, Any] = await asyncio.to_thread(
         rt.kube.custom.create_namespaced_custom_object, model.GROUP, model.VERSION, namespace,
         model.SCHEDULE_PLURAL, body)
@@ -84,7 +88,8 @@ def counted(rt: Runtime, namespace: str, schedule: str = "every-minute") -> dict
 async def _runtime(dsn: str, plane: controlplane.ControlPlane, namespace: str) -> Runtime:
     """An operator's runtime serving this test's namespace only: the other tests' schedules, in namespaces
     still terminating, are not its business."""
-    config = settings.OperatorSettings.from_env({"DATABASE_URL": dsn, "KUBETASK_NAMESPACES": namespace})
+    config = settings.OperatorSettings.from_env({"DATABASE_URL": dsn, "KUBETASK_NAMESPACES": namespace,
+                                                 "KUBETASK_MANAGED_BY": OWNER})
     return Runtime(config=config, kube=kube.Kube(kubeconfig=str(plane.kubeconfig)))
 
 
