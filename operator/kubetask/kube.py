@@ -312,6 +312,13 @@ class Kube:
         items = await self._list_all("/api/v1/namespaces", accept=METADATA_LIST)
         return {item["metadata"]["name"]: dict(item["metadata"].get("labels") or {}) for item in items}
 
+    async def patch_queue_status(self, name: str, uid: str, status: dict[str, Any]) -> None:
+        """Merge-patch a Queue's status subresource; the uid precondition skips a re-created namesake."""
+        self._wrote("queue_status")
+        body = {"metadata": {"uid": uid}, "status": status}
+        path = f"/apis/{model.GROUP}/{model.VERSION}/{model.QUEUE_PLURAL}/{_quote(name)}/status"
+        await self._http.request("PATCH", path, body, "application/merge-patch+json")
+
     async def _list_all(self, collection: str, accept: str = "application/json") -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         cont: str | None = None

@@ -76,10 +76,12 @@ def test_operator_rbac_works_and_grants_no_secrets(release_factory: Any) -> None
     assert _can_i(release, "patch", "deployments.apps", "--subresource=scale", "-n", ns)
     assert _can_i(release, "patch", "pods", "-n", ns)
     assert _can_i(release, "create", "events", "-n", ns)
-    # Queues (cluster-scoped) and namespace labels, read only: the admin's objects.
+    # Queues (cluster-scoped) and namespace labels, read only (the admin's objects), but Queue statuses.
     assert _can_i(release, "watch", "queues.kubetask.io")
     assert _can_i(release, "list", "namespaces")
     assert not _can_i(release, "patch", "queues.kubetask.io")
+    assert _can_i(release, "patch", "queues.kubetask.io", "--subresource=status")
+    assert not _can_i(release, "update", "queues.kubetask.io", "--subresource=status")
     assert not _can_i(release, "patch", "namespaces")
     assert _can_i(release, "list", "taskschedules.kubetask.io", "-n", ns)
     assert _can_i(release, "patch", "taskschedules.kubetask.io", "--subresource=status", "-n", ns)

@@ -296,9 +296,11 @@ POOL_RULES = {
     ("", "events"): {"create"},
 }
 CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
-#: Queues are cluster-scoped, read only; namespaces are read for their labels (a Queue's namespaceSelector).
+#: Queues are cluster-scoped, read only but for their status (mirrored from PostgreSQL); namespaces are read for
+#: their labels (a Queue's namespaceSelector).
 QUEUE_RULES = {
     ("kubetask.io", "queues"): {"get", "list", "watch"},
+    ("kubetask.io", "queues/status"): {"patch"},
     ("", "namespaces"): {"get", "list", "watch"},
 }
 
@@ -337,8 +339,9 @@ def test_namespaced_operator_gets_a_role_per_namespace() -> None:
     assert _roles(objects) == {("kt", "kubetask-operator"): TASK_RULES, ("team-a", "kubetask-operator"): TASK_RULES,
                                ("kt", "kubetask-operator-pools"): POOL_RULES}
     (cluster_role,) = of_kind(objects, "ClusterRole")
-    assert set(_rules(cluster_role)) == {CRDS, *QUEUE_RULES}
-    assert all(verbs <= {"get", "list", "watch"} for verbs in _rules(cluster_role).values())
+    assert _rules(cluster_role) == {CRDS: {"get", "list", "watch"}, **QUEUE_RULES}
+    assert all(verbs <= {"get", "list", "watch"} for resource, verbs in _rules(cluster_role).items()
+               if resource != ("kubetask.io", "queues/status")), "cluster-wide: reads, and Queue statuses"
     _bound(objects)
 
 

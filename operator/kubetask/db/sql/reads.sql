@@ -100,3 +100,18 @@ LEFT JOIN LATERAL (
     SELECT max(finished_at) AS finished_at FROM kubetask_attempts WHERE task_id = t.id
 ) AS a ON true
 WHERE t.version > t.mirrored_version;
+
+-- name: claims_since
+-- Per queue, the claims (attempts started) within the last %(window_seconds)s seconds, for the Queue
+-- status. The tasks are found through their latest claim (started_at) among the unfinished rows
+-- (claim and lease-expiry indexes) and those finished within the window (finished index), so the
+-- cost follows the window, not the history; each claim of a task claimed twice counts.
+SELECT t.queue, count(*) AS claims
+FROM kubetask_tasks AS t
+JOIN kubetask_attempts AS a
+  ON a.task_id = t.id AND a.started_at > now() - make_interval(secs => %(window_seconds)s)
+WHERE t.started_at > now() - make_interval(secs => %(window_seconds)s)
+  AND (t.state IN ('queued', 'retrying', 'running')
+       OR t.finished_at > now() - make_interval(secs => %(window_seconds)s))
+GROUP BY t.queue
+ORDER BY 1;
