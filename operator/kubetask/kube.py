@@ -307,6 +307,15 @@ class Kube:
         """Every Queue object (cluster-scoped); ``NotFound`` when the Queue CRD is not installed."""
         return await self._list_all(f"/apis/{model.GROUP}/{model.VERSION}/{model.QUEUE_PLURAL}")
 
+    async def queue(self, name: str) -> dict[str, Any] | None:
+        """One Queue object, or None when there is none (or the Queue CRD is not installed)."""
+        try:
+            body: dict[str, Any] = json.loads(await self._http.request(
+                "GET", f"/apis/{model.GROUP}/{model.VERSION}/{model.QUEUE_PLURAL}/{_quote(name)}", None))
+        except NotFound:
+            return None
+        return body
+
     async def namespace_labels(self) -> dict[str, dict[str, str]]:
         """Every namespace's labels, by name (metadata only)."""
         items = await self._list_all("/api/v1/namespaces", accept=METADATA_LIST)

@@ -489,6 +489,22 @@ def test_the_operators_owner_name_default_ttl_and_admission_queue_are_values_wit
             env["KUBETASK_ADMISSION_QUEUE_SIZE"]["value"]) == ("team-a.example.com/kubetask", "0", "2000")
 
 
+def test_require_queue_is_off_by_default_and_reaches_the_operator() -> None:
+    env = _env(_operator(render(*DB))["spec"]["template"]["spec"]["containers"][0])
+    assert env["KUBETASK_REQUIRE_QUEUE"]["value"] == "false"
+    assert settings.OperatorSettings.model_fields["require_queue"].default is False
+    env = _env(_operator(render(*DB, "--set", "operator.requireQueue=true"))["spec"]["template"]["spec"]
+               ["containers"][0])
+    assert env["KUBETASK_REQUIRE_QUEUE"]["value"] == "true"
+    parsed = settings.OperatorSettings.from_env({"DATABASE_URL": "postgresql://x@y/z",
+                                                 "KUBETASK_REQUIRE_QUEUE": env["KUBETASK_REQUIRE_QUEUE"]["value"]})
+    assert parsed.require_queue is True
+    for (container,) in (w["spec"]["template"]["spec"]["containers"] for w in _workers(render(*DB))):
+        assert "KUBETASK_REQUIRE_QUEUE" not in _env(container), "the operator's decision"
+    error = render_error(*DB, "--set", "operator.requireQueue=maybe")
+    assert "requireQueue" in error, error
+
+
 def test_the_values_schema_checks_managed_by_with_the_crds_own_pattern() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["operator"]["properties"]["managedBy"]["pattern"] == model.MANAGED_BY_PATTERN, \

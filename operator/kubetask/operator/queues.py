@@ -29,6 +29,15 @@ Event. The refusal happens where the Task is, whichever comes first:
   (``db.queues.refuse_outside_namespaces``);
 * in between, the claim does not take it: the claim reads the same row.
 
+With ``KUBETASK_REQUIRE_QUEUE`` (deny by default) a Task whose queue has no
+Queue object is refused on the same path, with ``model.QUEUE_MISSING_MESSAGE``:
+at admission (``runtime.missing_queues``: a queue with a row has its Queue;
+for any other the API server is asked, so a Queue whose row lags is never
+taken for missing), and while it waits when its Queue is deleted or the
+setting was turned on after it was admitted (``db.queues.refuse_without_queue``,
+in the pass, before the deleted Queue's row goes). A retry from the dead letter
+is refused while the Queue is still missing.
+
 A refused Task is not re-queued on its own when the admin widens the
 selector (it might run weeks after anyone expected it to): the retry
 annotation runs it again, and it is refused again if its namespace is still
@@ -108,6 +117,12 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
                      name, row.paused, row.max_running, row.rate_tasks, row.rate_period_seconds,
                      row.concurrency_key_limit,
                      "every" if row.allowed_namespaces is None else ",".join(row.allowed_namespaces) or "none")
+    if rt.config.require_queue:
+        # Before any row goes: until then the claim still obeys the deleted Queue's row.
+        known = [q for body in queues if isinstance(q := (body.get("metadata") or {}).get("name"), str)]
+        for namespace, task, queue in await db.queues.refuse_without_queue(conn, known):
+            log.warning("Task %s/%s refused: its queue %s has no Queue object (KUBETASK_REQUIRE_QUEUE)",
+                        namespace, task, queue)
     for name in current.keys() - wanted.keys() - keep:
         await db.queues.delete(conn, name)
         log.info("Queue %s deleted: its queue is open and unlimited again", name)
