@@ -7,6 +7,7 @@
     kubetask retry NAME                     run a finished Task again (the retry annotation)
     kubetask stats                          per-queue numbers from PostgreSQL
     kubetask dead-letter list | retry       the dead letter
+    kubetask queue list | pause | resume | describe   Queue objects (pause patches spec.paused)
     kubetask crd                            print the Task and Queue CRDs generated from the models
 
 Exit codes, for scripts: 0 success; 1 the Task failed (DeadLetter or Cancelled)
@@ -24,7 +25,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from kubetask.cli import history, tasks, terminal
+from kubetask.cli import history, queues, tasks, terminal
 
 
 PROCESSES = ("operator", "worker")
@@ -118,6 +119,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="retry every dead-lettered Task (with retry)")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--queue", help="only Tasks of this queue")
+    p = command("queue", queues.queue, "list, pause, resume or describe Queues (cluster-scoped; RBAC applies)",
+                ns=False, output=("json", "yaml", "wide"))
+    p.add_argument("action", choices=queues.ACTIONS)
+    p.add_argument("name", nargs="?", default="", metavar="NAME")
     return top
 
 
