@@ -8,10 +8,11 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+import prometheus_client
 from conftest import put_queue
 
 from kubetask import db, model
-from kubetask.operator import queues
+from kubetask.operator import queues, scrape
 from kubetask.operator.runtime import Runtime
 
 
@@ -90,3 +91,17 @@ def test_a_conditions_transition_time_is_kept_while_its_status_stays() -> None:
     assert later == first
     resumed = queues.paused_condition("q", db.queues.QueueRow("q"), first, then + datetime.timedelta(hours=1))
     assert (resumed["status"], resumed["lastTransitionTime"]) == ("False", "2026-01-01T01:00:00Z")
+
+
+async def test_the_leaders_scrape_reports_each_queues_limit_saturation(
+        runtime: Runtime, conn: db.connection.Conn, new_task: Callable[..., db.queue.NewTask]) -> None:
+    await db.queues.upsert(conn, db.queues.QueueRow("limited", max_running=4))
+    await db.queues.upsert(conn, db.queues.QueueRow("held", paused=True))
+    await db.queue.admit(conn, [new_task(queue="limited") for _ in range(3)])
+    assert len(await db.queue.claim(conn, "limited", "owner/1", "pod-1", 3, 30)) == 3
+    runtime.leading = True
+    await scrape.refresh(runtime)
+    text = prometheus_client.generate_latest(runtime.meters.registry).decode()
+    assert 'kubetask_queue_running_saturation{queue="limited"} 0.75' in text
+    assert 'kubetask_queue_max_running{queue="limited"} 4.0' in text
+    assert 'kubetask_queue_paused{queue="held"} 1.0' in text and 'kubetask_queue_paused{queue="limited"} 0.0' in text
