@@ -277,8 +277,8 @@ class _OperatorCollector(prometheus_client.registry.Collector):
                                 "1 on the replica that holds the leadership lock (mirrors, scales, rescues).",
                                 value=1 if leading else 0)
         writes = CounterMetricFamily("kubetask_kubernetes_writes", "Kubernetes API writes by this replica, by "
-                                     "kind: task_status, event, scale, pod_deletion_cost, task_delete.",
-                                     labels=["kind"])
+                                     "kind: task_status, queue_status, schedule_status, event, scale, "
+                                     "pod_deletion_cost, task_delete, task_create.", labels=["kind"])
         for kind, count in sorted(self._api_writes().items()):
             writes.add_metric([kind], count)
         yield writes
