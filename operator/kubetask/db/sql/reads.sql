@@ -103,15 +103,28 @@ WHERE t.version > t.mirrored_version;
 
 -- name: claims_since
 -- Per queue, the claims (attempts started) within the last %(window_seconds)s seconds, for the Queue
--- status. The tasks are found through their latest claim (started_at) among the unfinished rows
--- (claim and lease-expiry indexes) and those finished within the window (finished index), so the
--- cost follows the window, not the history; each claim of a task claimed twice counts.
-SELECT t.queue, count(*) AS claims
-FROM kubetask_tasks AS t
-JOIN kubetask_attempts AS a
-  ON a.task_id = t.id AND a.started_at > now() - make_interval(secs => %(window_seconds)s)
-WHERE t.started_at > now() - make_interval(secs => %(window_seconds)s)
-  AND (t.state IN ('queued', 'retrying', 'running')
-       OR t.finished_at > now() - make_interval(secs => %(window_seconds)s))
-GROUP BY t.queue
+-- status. The tasks are found through their latest claim (started_at) in three disjoint sets, each read
+-- through its own index: waiting (claim index), running (lease-expiry index) and finished within the
+-- window (finished index); their attempts in the window are counted through the attempts' primary key.
+-- So the cost follows the live queue and the window, never the history.
+WITH recent AS (
+    SELECT id, queue FROM kubetask_tasks
+    WHERE state IN ('queued', 'retrying') AND started_at > now() - make_interval(secs => %(window_seconds)s)
+    UNION ALL
+    SELECT id, queue FROM kubetask_tasks
+    WHERE state = 'running' AND started_at > now() - make_interval(secs => %(window_seconds)s)
+    UNION ALL
+    SELECT id, queue FROM kubetask_tasks
+    WHERE finished_at > now() - make_interval(secs => %(window_seconds)s)
+      AND started_at > now() - make_interval(secs => %(window_seconds)s)
+), counted AS (
+    SELECT r.queue, (SELECT count(*) FROM kubetask_attempts AS a
+                     WHERE a.task_id = r.id
+                       AND a.started_at > now() - make_interval(secs => %(window_seconds)s)) AS claims
+    FROM recent AS r
+)
+SELECT queue, sum(claims)::bigint AS claims
+FROM counted
+GROUP BY queue
+HAVING sum(claims) > 0
 ORDER BY 1;
