@@ -303,6 +303,12 @@ async def cancel_or_tombstone(conn: Conn, uid: str, namespace: str, name: str, t
     return int(row[0])
 
 
+async def refuse_retry(conn: Conn, uid: str, token: str) -> bool:
+    """Record a retry request as acted on without requeueing; True the first time ``token`` is seen."""
+    row = await one(conn, QUERIES["refuse_retry"], {"uid": uid, "token": token})
+    return bool(row[0] == 1)
+
+
 async def retry_dead(conn: Conn, uid: str, token: str | None = None) -> bool:
     """Requeue a dead-lettered (or succeeded) task now, with a fresh retry budget.
 

@@ -43,11 +43,14 @@ async def on_task_event(rt: Runtime, event_type: str | None, raw: dict[str, Any]
         queue = (raw.get("spec") or {}).get("queue") or "default"
         if rt.config.require_queue and isinstance(queue, str) and await rt.events_db.run(
                 lambda conn: _missing(rt, conn, queue), "looking for a Task's Queue", patience=30):
-            message = (f"not retried: Queue {queue} does not exist, and this operator runs only Tasks whose queue "
-                       "has a Queue object (KUBETASK_REQUIRE_QUEUE); create the Queue, then annotate the Task "
-                       "again with a new value")
-            log.warning("Task %s/%s %s", namespace, name, message, extra=logs.about(namespace, name, uid))
-            rt.in_background(rt.kube.post_event(namespace, name, uid, "RetryRefused", message, warning=True))
+            # Refused once per token (a later event carrying the same annotation says nothing again).
+            if await rt.events_db.run(lambda conn: db.queue.refuse_retry(conn, uid, token), "refusing a retry",
+                                      patience=30):
+                message = (f"not retried: Queue {queue} does not exist, and this operator runs only Tasks whose "
+                           "queue has a Queue object (KUBETASK_REQUIRE_QUEUE); create the Queue, then annotate "
+                           "the Task again with a new value")
+                log.warning("Task %s/%s %s", namespace, name, message, extra=logs.about(namespace, name, uid))
+                rt.in_background(rt.kube.post_event(namespace, name, uid, "RetryRefused", message, warning=True))
             return
         revived = await rt.events_db.run(lambda conn: db.queue.retry_dead(conn, uid, token),
                                          "retrying a Task", patience=30)

@@ -76,6 +76,17 @@ async def test_on_a_task_of_a_queue_without_a_queue_object_is_refused_at_admissi
                    for e in await events_of(requiring, namespace, "nowhere"))
 
     await wait_until(retry_refused, timeout=10, what="a RetryRefused Event naming the missing Queue")
+    # The same annotation seen again (any later event of the Task): not refused twice.
+    await watch.on_task_event(requiring, "MODIFIED", body)
+    assert not await db.queue.refuse_retry(conn, row.uid, "1"), "the token is recorded as acted on"
+    refusals = [e for e in await events_of(requiring, namespace, "nowhere") if e["reason"] == "RetryRefused"]
+    assert len(refusals) == 1, refusals
+    # Once the Queue exists, a new token runs it.
+    await put_queue(requiring, queue_name)
+    await queues.run_once(requiring, conn)
+    body["metadata"]["annotations"] = {model.RETRY_ANNOTATION: "2"}
+    await watch.on_task_event(requiring, "MODIFIED", body)
+    assert (await db.reads.get_task(conn, row.uid)).state == states.TaskState.QUEUED  # type: ignore[union-attr]
 
 
 async def test_on_a_queue_object_whose_row_is_not_written_yet_is_not_taken_for_missing(

@@ -407,6 +407,19 @@ WITH cancelled AS (
 SELECT (SELECT count(*) FROM cancelled) AS tasks,
        (SELECT count(*) FROM notified_status) AS notified;
 
+-- name: refuse_retry
+-- A retry the operator refuses (its queue has no Queue object, and one is required): the token is recorded
+-- as acted on, the task stays where it is. 1 the first time a token is seen, so the refusal is said once.
+-- Not a status change: no version bump.
+WITH refused AS (
+    UPDATE kubetask_tasks
+    SET retry_token = %(token)s::text
+    WHERE uid = %(uid)s::uuid AND state IN ('dead_letter', 'succeeded')
+      AND retry_token IS DISTINCT FROM %(token)s::text
+    RETURNING id
+)
+SELECT count(*) AS tasks FROM refused;
+
 -- name: retry_dead
 -- A fresh retry budget (budget_base = attempts); attempt numbers and history
 -- continue. The old result goes (it would contradict the new phase); the last
