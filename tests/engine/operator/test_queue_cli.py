@@ -27,11 +27,11 @@ def kubeconfig(crd_plane: controlplane.ControlPlane, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("KUBECONFIG", str(crd_plane.kubeconfig))
 
 
-async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+async def cli(*args: str, command: str = "queue", env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it (a process of its own, this checkout's code, the plane's kubeconfig)."""
-    env = dict(os.environ)
-    return await asyncio.to_thread(subprocess.run, [sys.executable, "-c", CLI, "queue", *args], env=env,
-                                   capture_output=True, text=True, timeout=60)
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-c", CLI, command, *args],
+                                   env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=60)
 
 
 async def test_pause_and_resume_patch_the_queue_and_the_claim_obeys(
@@ -83,3 +83,23 @@ async def test_a_missing_queue_or_name_is_said_with_its_exit_code(runtime: Runti
     assert f"Queue {queue_name} not found" in missing.stderr and "pools[].queueSpec" in missing.stderr
     unnamed = await cli("describe")
     assert unnamed.returncode == 2 and "give a Queue NAME" in unnamed.stderr
+
+
+async def test_stats_shows_each_queues_pause_and_limits_idle_queues_too(dsn: str, conn: db.connection.Conn,
+                                                                        new_task: Any) -> None:
+    await db.queues.upsert(conn, db.queues.QueueRow("held", paused=True, max_running=3, rate_tasks=20,
+                                                    rate_period_seconds=1))
+    await db.queues.upsert(conn, db.queues.QueueRow("idle"))
+    await db.queue.admit(conn, [new_task(queue="held"), new_task(queue="open")])
+    result = await cli("-o", "json", command="stats", env={"DATABASE_URL": dsn})
+    assert result.returncode == 0, result.stderr
+    by_queue = {s["queue"]: s for s in json.loads(result.stdout)}
+    assert by_queue["held"]["queue_object"] == {"paused": True, "max_running": 3, "concurrency_key_limit": None,
+                                                "rate_limit": {"tasks": 20, "period_seconds": 1}}
+    assert by_queue["held"]["due"] == 1
+    assert by_queue["idle"]["queue_object"]["paused"] is False and by_queue["idle"]["due"] == 0, "shown though idle"
+    assert by_queue["open"]["queue_object"] is None, "no Queue object: open and unlimited"
+    table = (await cli(command="stats", env={"DATABASE_URL": dsn})).stdout.splitlines()
+    assert table[0].split()[-2:] == ["PAUSED", "LIMITS"]
+    [held] = [line for line in table if line.startswith("held")]
+    assert held.split()[-4:] == ["yes", "max", "3,", "20/1s"], held
