@@ -93,6 +93,12 @@ QUEUE_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Per", "type": "integer", "jsonPath": ".spec.rateLimit.periodSeconds", "priority": 1},
     {"name": "Pending", "type": "integer", "jsonPath": ".status.pending"},
     {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
+    {"name": "Oldest", "type": "number", "jsonPath": ".status.oldestWaitingSeconds",
+     "description": "Seconds the longest-waiting due task has waited"},
+    {"name": "Retrying", "type": "integer", "jsonPath": ".status.retrying", "priority": 1},
+    {"name": "DeadLetter", "type": "integer", "jsonPath": ".status.deadLetter", "priority": 1},
+    {"name": "Claimed1m", "type": "integer", "jsonPath": ".status.claimedLastMinute", "priority": 1,
+     "description": "Claims in the last minute"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -307,10 +307,26 @@ class Kube:
         """Every Queue object (cluster-scoped); ``NotFound`` when the Queue CRD is not installed."""
         return await self._list_all(f"/apis/{model.GROUP}/{model.VERSION}/{model.QUEUE_PLURAL}")
 
+    async def queue(self, name: str) -> dict[str, Any] | None:
+        """One Queue object, or None when there is none (or the Queue CRD is not installed)."""
+        try:
+            body: dict[str, Any] = json.loads(await self._http.request(
+                "GET", f"/apis/{model.GROUP}/{model.VERSION}/{model.QUEUE_PLURAL}/{_quote(name)}", None))
+        except NotFound:
+            return None
+        return body
+
     async def namespace_labels(self) -> dict[str, dict[str, str]]:
         """Every namespace's labels, by name (metadata only)."""
         items = await self._list_all("/api/v1/namespaces", accept=METADATA_LIST)
         return {item["metadata"]["name"]: dict(item["metadata"].get("labels") or {}) for item in items}
+
+    async def patch_queue_status(self, name: str, uid: str, status: dict[str, Any]) -> None:
+        """Merge-patch a Queue's status subresource; the uid precondition skips a re-created namesake."""
+        self._wrote("queue_status")
+        body = {"metadata": {"uid": uid}, "status": status}
+        path = f"/apis/{model.GROUP}/{model.VERSION}/{model.QUEUE_PLURAL}/{_quote(name)}/status"
+        await self._http.request("PATCH", path, body, "application/merge-patch+json")
 
     async def _list_all(self, collection: str, accept: str = "application/json",
                         label_selector: str | None = None) -> list[dict[str, Any]]:

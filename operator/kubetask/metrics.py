@@ -6,14 +6,16 @@ Each process exports its own on its own registry, over HTTP at
 the process collector's CPU, memory and file descriptors:
 
 * A **worker** counts what only it sees (``WorkerMetrics``): attempts by
-  outcome, handler durations, pickup latency, its slots. Recording sits on the
+  outcome, handler durations, pickup latency, its slots, claims its queue's
+  rate limit throttled. Recording sits on the
   hot path of thousands of tasks a second, so it adds to plain numbers (no
   lock: one event loop records and renders them) and the collector turns them
   into samples when scraped; the slot gauges are read only then too.
 * The **operator** exports what lives in PostgreSQL and in its loops
   (``OperatorMetrics``): unfinished tasks by phase and queue, queue depth and
-  the age of the oldest due task, the status-mirror backlog and lag, desired
-  and actual replicas per pool, Kubernetes API writes, leadership. The database
+  the age of the oldest due task, each Queue's pause and maxRunning and how
+  saturated it is, the status-mirror backlog and lag, desired and actual
+  replicas per pool, Kubernetes API writes, leadership. The database
   figures are a snapshot the leader refreshes when scraped, at most once per
   ``REFRESH_SECONDS``, from queries that read only unfinished or unmirrored
   rows through their partial indexes: a scrape costs the same with a million
@@ -131,6 +133,7 @@ class WorkerMetrics:
                                 "last ran a timer: near 0 unless an async handler blocks it.", ["queue"],
                                 registry=self.registry).labels(queue).set_function(loop_lag)
         self._loop_stalls = 0
+        self._throttled = 0
         self.registry.register(_WorkerCollector(self))
 
     def _type(self, type_: str) -> str:
@@ -153,6 +156,10 @@ class WorkerMetrics:
         """The event loop went longer than KUBETASK_LOOP_LAG_WARNING_SECONDS without running (counted from
         the watchdog's thread, the only writer)."""
         self._loop_stalls += 1
+
+    def claim_throttled(self) -> None:
+        """A claim found the queue's rate limit spent (less than a token left)."""
+        self._throttled += 1
 
     def dead_lettered(self, type_: str) -> None:
         label = self._type(type_)
@@ -192,6 +199,11 @@ class _WorkerCollector(prometheus_client.registry.Collector):
                                      "handler blocking it; each is logged with the task).", labels=["queue"])
         stalls.add_metric([queue], owner._loop_stalls)
         yield stalls
+        throttled = CounterMetricFamily("kubetask_claims_throttled", "Claims by this worker that the queue's "
+                                        "rate limit (Queue spec.rateLimit) cut short: its token bucket held less "
+                                        "than a token after them.", labels=["queue"])
+        throttled.add_metric([queue], owner._throttled)
+        yield throttled
 
 
 # ------------------------------------------------------------------- the operator
@@ -205,6 +217,8 @@ class DatabaseFacts:
     """Rows whose Task status is behind (version > mirrored_version)."""
     mirror_lag_seconds: float
     """Age of the oldest change not yet written to its Task; 0 when none."""
+    limits: Sequence[db.queues.QueueRow] = ()
+    """The Queues' rows (paused, maxRunning): what the claim enforces, for the saturation figures."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,8 +291,8 @@ class _OperatorCollector(prometheus_client.registry.Collector):
                                 "1 on the replica that holds the leadership lock (mirrors, scales, rescues).",
                                 value=1 if leading else 0)
         writes = CounterMetricFamily("kubetask_kubernetes_writes", "Kubernetes API writes by this replica, by "
-                                     "kind: task_status, event, scale, pod_deletion_cost, task_delete.",
-                                     labels=["kind"])
+                                     "kind: task_status, queue_status, schedule_status, event, scale, "
+                                     "pod_deletion_cost, task_delete, task_create.", labels=["kind"])
         for kind, count in sorted(self._api_writes().items()):
             writes.add_metric([kind], count)
         yield writes
@@ -338,6 +352,23 @@ class _OperatorCollector(prometheus_client.registry.Collector):
         yield tasks
         yield depth
         yield oldest
+        # Per Queue object (the admin makes them: bounded): how close each queue is to its limit.
+        running = {queue.queue: queue.running for queue in facts.queues}
+        paused = GaugeMetricFamily("kubetask_queue_paused", "1 while a Queue's spec.paused holds (nothing is "
+                                   "claimed), 0 otherwise; one series per Queue object.", labels=["queue"])
+        cap = GaugeMetricFamily("kubetask_queue_max_running", "A Queue's maxRunning: most of its tasks running "
+                                "at once; only for Queues that set it.", labels=["queue"])
+        saturation = GaugeMetricFamily("kubetask_queue_running_saturation", "Running tasks over the Queue's "
+                                       "maxRunning: 1 when the limit binds (due tasks then wait for it, not for "
+                                       "workers); only for Queues that set it.", labels=["queue"])
+        for row in facts.limits:
+            paused.add_metric([row.name], 1 if row.paused else 0)
+            if row.max_running is not None:
+                cap.add_metric([row.name], row.max_running)
+                saturation.add_metric([row.name], running.get(row.name, 0) / row.max_running)
+        yield paused
+        yield cap
+        yield saturation
         yield GaugeMetricFamily("kubetask_status_mirror_backlog", "Task statuses behind their PostgreSQL row.",
                                 value=facts.mirror_backlog)
         yield GaugeMetricFamily("kubetask_status_mirror_lag_seconds", "Age of the oldest row change not yet "

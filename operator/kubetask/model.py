@@ -633,6 +633,14 @@ QUEUE_REFUSAL_MESSAGE = (
     "namespace's labels, so this Task never runs. The cluster admin can label namespace %1$s to match, or widen "
     "spec.namespaceSelector of Queue %2$s (kubectl edit queue %2$s); then "
     "`kubectl annotate task %4$s " + RETRY_ANNOTATION + "=$(date +%%s) --overwrite` runs it.")
+#: The message of a Task naming a queue that has no Queue object when the operator requires one
+#: (``KUBETASK_REQUIRE_QUEUE``): the same ``format()`` arguments as ``QUEUE_REFUSAL_MESSAGE`` (3 unused).
+QUEUE_MISSING_MESSAGE = (
+    "Queue %2$s does not exist, and this operator runs only Tasks whose queue has a Queue object "
+    "(KUBETASK_REQUIRE_QUEUE=true, chart value operator.requireQueue), so this Task never runs. The cluster "
+    "admin can create Queue %2$s (a cluster-scoped kubetask.io/v1alpha1 Queue, e.g. from the chart's "
+    "pools[].queueSpec) admitting namespace %1$s, or the Task can name a queue that exists (kubectl get queues); "
+    "then `kubectl annotate task %4$s " + RETRY_ANNOTATION + "=$(date +%%s) --overwrite` runs it.")
 
 
 class Queue(_Schema):

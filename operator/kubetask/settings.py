@@ -346,6 +346,19 @@ class OperatorSettings(_EnvSettings):
     event came (``KUBETASK_QUEUE_RESYNC_SECONDS``). Default 60: a LIST of Queues and one of namespaces each
     time; events wake it at once, so this only bounds what a missed event costs."""
 
+    require_queue: bool = False
+    """Run only Tasks whose queue has a Queue object (``KUBETASK_REQUIRE_QUEUE``): deny by default. A Task
+    naming a queue with no Queue is refused as one from a namespace its Queue does not admit (phase
+    DeadLetter, lastError QueueRefused naming the missing Queue and the fix, a Refused Event), at admission
+    or, when its Queue is deleted while it waits, by the leader's next pass over the Queues. Default false:
+    a queue without a Queue object is open to every namespace and unlimited, as before Queues existed."""
+
+    queue_status_interval_seconds: float = Field(default=10.0, gt=0)
+    """Seconds between the leader's passes that mirror each Queue's counts from PostgreSQL into its
+    status (``KUBETASK_QUEUE_STATUS_INTERVAL_SECONDS``). Default 10: ``kubectl get queues`` is at most
+    that stale, and a pass costs one LIST of Queues, three counting queries and a PATCH only for a
+    Queue whose status changed, so the API server sees at most one write per Queue per interval."""
+
     orphan_sweep_seconds: float = Field(default=60.0, gt=0)
     """Seconds between sweeps that cancel tasks whose Task object was deleted while the operator was
     down (``KUBETASK_ORPHAN_SWEEP_SECONDS``). Default 60: one LIST of Tasks each time."""

@@ -16,6 +16,8 @@ from tests.conftest import ROOT
 BUNDLED = ("--set", "postgresql.enabled=true")
 #: `--set pools[0].x=…` replaces the whole list (Helm merges maps, not lists): name the pool too.
 POOL = ("--set", "pools[0].name=default")
+#: What `helm install` sees once the Queue CRD is served (without it no Queue can be rendered).
+QUEUE_API = ("--api-versions", "kubetask.io/v1alpha1/Queue")
 
 
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -296,9 +298,11 @@ POOL_RULES = {
     ("", "events"): {"create"},
 }
 CRDS = ("apiextensions.k8s.io", "customresourcedefinitions")
-#: Queues are cluster-scoped, read only; namespaces are read for their labels (a Queue's namespaceSelector).
+#: Queues are cluster-scoped, read only but for their status (mirrored from PostgreSQL); namespaces are read for
+#: their labels (a Queue's namespaceSelector).
 QUEUE_RULES = {
     ("kubetask.io", "queues"): {"get", "list", "watch"},
+    ("kubetask.io", "queues/status"): {"patch"},
     ("", "namespaces"): {"get", "list", "watch"},
 }
 
@@ -337,8 +341,9 @@ def test_namespaced_operator_gets_a_role_per_namespace() -> None:
     assert _roles(objects) == {("kt", "kubetask-operator"): TASK_RULES, ("team-a", "kubetask-operator"): TASK_RULES,
                                ("kt", "kubetask-operator-pools"): POOL_RULES}
     (cluster_role,) = of_kind(objects, "ClusterRole")
-    assert set(_rules(cluster_role)) == {CRDS, *QUEUE_RULES}
-    assert all(verbs <= {"get", "list", "watch"} for verbs in _rules(cluster_role).values())
+    assert _rules(cluster_role) == {CRDS: {"get", "list", "watch"}, **QUEUE_RULES}
+    assert all(verbs <= {"get", "list", "watch"} for resource, verbs in _rules(cluster_role).items()
+               if resource != ("kubetask.io", "queues/status")), "cluster-wide: reads, and Queue statuses"
     _bound(objects)
 
 
@@ -484,6 +489,22 @@ def test_the_operators_owner_name_default_ttl_and_admission_queue_are_values_wit
                                 "--set", "operator.admissionQueueSize=2000"))["spec"]["template"]["spec"]["containers"][0])
     assert (env["KUBETASK_MANAGED_BY"]["value"], env["KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED"]["value"],
             env["KUBETASK_ADMISSION_QUEUE_SIZE"]["value"]) == ("team-a.example.com/kubetask", "0", "2000")
+
+
+def test_require_queue_is_off_by_default_and_reaches_the_operator() -> None:
+    env = _env(_operator(render(*DB))["spec"]["template"]["spec"]["containers"][0])
+    assert env["KUBETASK_REQUIRE_QUEUE"]["value"] == "false"
+    assert settings.OperatorSettings.model_fields["require_queue"].default is False
+    env = _env(_operator(render(*DB, *QUEUE_API, "--set", "operator.requireQueue=true"))["spec"]["template"]["spec"]
+               ["containers"][0])
+    assert env["KUBETASK_REQUIRE_QUEUE"]["value"] == "true"
+    parsed = settings.OperatorSettings.from_env({"DATABASE_URL": "postgresql://x@y/z",
+                                                 "KUBETASK_REQUIRE_QUEUE": env["KUBETASK_REQUIRE_QUEUE"]["value"]})
+    assert parsed.require_queue is True
+    for (container,) in (w["spec"]["template"]["spec"]["containers"] for w in _workers(render(*DB))):
+        assert "KUBETASK_REQUIRE_QUEUE" not in _env(container), "the operator's decision"
+    error = render_error(*DB, "--set", "operator.requireQueue=maybe")
+    assert "requireQueue" in error, error
 
 
 def test_the_values_schema_checks_managed_by_with_the_crds_own_pattern() -> None:
@@ -786,3 +807,86 @@ def test_workers_are_probed_on_their_own_liveness_endpoint() -> None:
     for worker in _workers(render(*DB, "--set", "poolDefaults.livenessProbe.enabled=false")):
         (container,) = worker["spec"]["template"]["spec"]["containers"]
         assert "livenessProbe" not in container and "KUBETASK_HEALTH_PORT" not in _env(container)
+
+
+# -- a Queue per pool (pools[].queueSpec) --------------------------------------------------------------------
+
+def _queues(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {q["metadata"]["name"]: q for q in of_kind(objects, "Queue")}
+
+
+def _pools(*pools: dict[str, Any]) -> tuple[str, str]:
+    return ("--set-json", f"pools={json.dumps(list(pools))}")
+
+
+def test_the_default_pool_gets_an_open_unlimited_queue_once_the_crd_is_served() -> None:
+    [queue] = of_kind(render(*DB, *QUEUE_API), "Queue")
+    assert queue["apiVersion"] == model.API_VERSION and queue["metadata"]["name"] == "default"
+    assert "namespace" not in queue["metadata"], "cluster-scoped"
+    assert queue["spec"] == {}, "every namespace, no limit: what a queue without a Queue does"
+    assert model.QueueSpec.model_validate(queue["spec"]) == model.QueueSpec()
+    assert queue["metadata"]["labels"]["kubetask.io/pool"] == "default"
+    # A fresh cluster whose CRDs this release installs: Helm could not create it, so it is left out, and said.
+    assert of_kind(render(*DB), "Queue") == []
+    notes = helm("install", "kubetask", str(CHART), *DB, "--dry-run=client").stdout
+    assert "Queues:     default — not created yet" in notes and "helm upgrade" in notes
+
+
+def test_a_queue_spec_is_rendered_as_set_named_after_the_pools_queue() -> None:
+    spec = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "team-a"},
+                                  "matchExpressions": [{"key": "tier", "operator": "In", "values": ["gold"]}]},
+            "maxRunning": 40, "rateLimit": {"tasks": 100, "periodSeconds": 60}, "concurrencyKeyLimit": 2}
+    objects = render(*DB, *QUEUE_API, *_pools({"name": "images", "queue": "pictures", "queueSpec": spec},
+                                              {"name": "spare", "queue": "pictures"}, {"name": "plain"}))
+    queues = _queues(objects)
+    assert set(queues) == {"pictures"}, "one Queue per queueSpec; a pool without one gets none"
+    assert queues["pictures"]["spec"] == spec, "only the keys set: paused is left to `kubetask queue pause`"
+    model.QueueSpec.model_validate(queues["pictures"]["spec"])
+    paused = _queues(render(*DB, *QUEUE_API, *_pools({"name": "a", "queueSpec": {"paused": True}})))
+    assert paused["a"]["spec"] == {"paused": True}
+
+
+def test_two_pools_of_one_queue_cannot_both_set_its_spec() -> None:
+    error = render_error(*DB, *QUEUE_API, *_pools({"name": "a", "queue": "q", "queueSpec": {}},
+                                                  {"name": "b", "queue": "q", "queueSpec": {"paused": True}}))
+    assert 'pools[1] (b) sets queueSpec for queue "q", and so does pool a' in error, error
+
+
+def test_require_queue_needs_the_queue_crd_served_to_render_the_queues() -> None:
+    error = render_error(*DB, "--set", "operator.requireQueue=true")
+    assert "operator.requireQueue=true" in error and "kubectl apply --server-side -f crds/" in error, error
+    render(*DB, *QUEUE_API, "--set", "operator.requireQueue=true")
+
+
+#: (queueSpec, what the error names: the key, or the bad label key): bad specs are refused by values.schema.json at install, as the CRD would.
+BAD_QUEUE_SPECS: list[tuple[dict[str, Any], str]] = [
+    ({"maxRunning": 0}, "maxRunning"),
+    ({"maxRunning": -3}, "maxRunning"),
+    ({"maxRunning": "3"}, "maxRunning"),
+    ({"maxRunning": 100_001}, "maxRunning"),
+    ({"concurrencyKeyLimit": 0}, "concurrencyKeyLimit"),
+    ({"paused": "yes"}, "paused"),
+    ({"rateLimit": {"tasks": 0, "periodSeconds": 60}}, "tasks"),
+    ({"rateLimit": {"tasks": 10}}, "periodSeconds"),
+    ({"rateLimit": {"tasks": 10, "periodSeconds": 86_401}}, "periodSeconds"),
+    ({"rateLimit": {"tasks": 10, "periodSeconds": 1, "burst": 5}}, "burst"),
+    ({"maxrunning": 3}, "maxrunning"),
+    ({"namespaceSelector": {"matchLabels": {"team": "a b"}}}, "matchLabels"),
+    ({"namespaceSelector": {"matchLabels": {"-bad-key": "a"}}}, "-bad-key"),
+    ({"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In"}]}}, "matchExpressions"),
+    ({"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In", "values": []}]}},
+     "matchExpressions"),
+    ({"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Exists", "values": ["a"]}]}},
+     "matchExpressions"),
+    ({"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Equals", "values": ["a"]}]}},
+     "operator"),
+    ({"namespaceSelector": {"matchNames": ["team-a"]}}, "matchNames"),
+]
+
+
+@pytest.mark.parametrize(("spec", "key"), BAD_QUEUE_SPECS, ids=[json.dumps(s) for s, _ in BAD_QUEUE_SPECS])
+def test_a_bad_queue_spec_is_refused_by_the_values_schema_naming_the_key(spec: dict[str, Any], key: str) -> None:
+    error = render_error(*DB, *QUEUE_API, *_pools({"name": "a", "queueSpec": spec}))
+    assert key in error, error
+    with pytest.raises(ValueError):  # the model, and the CRD generated from it (strict as its types are), refuse it too
+        model.QueueSpec.model_validate_json(json.dumps(spec), strict=True)

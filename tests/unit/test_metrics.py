@@ -144,3 +144,25 @@ def test_schedule_ticks_are_counted_on_every_replica_and_a_deleted_schedules_ser
     left = {dict(labels)["schedule"] for name, labels in rendered(meters.registry)
             if name == "kubetask_schedule_ticks_total"}
     assert left == {"hourly"}
+
+
+def test_each_queue_object_reports_its_pause_limit_and_saturation() -> None:
+    facts = metrics.DatabaseFacts(
+        queues=FACTS.queues, mirror_backlog=0, mirror_lag_seconds=0,
+        limits=[db.queues.QueueRow("a", max_running=4), db.queues.QueueRow("idle", paused=True, max_running=2),
+                db.queues.QueueRow("open")])
+    samples = rendered(_operator(True, facts).registry)
+    assert samples[("kubetask_queue_max_running", frozenset({("queue", "a")}))] == 4
+    assert samples[("kubetask_queue_running_saturation", frozenset({("queue", "a")}))] == 0.5, "2 running of 4"
+    assert samples[("kubetask_queue_running_saturation", frozenset({("queue", "idle")}))] == 0
+    assert {dict(labels)["queue"]: value for (name, labels), value in samples.items()
+            if name == "kubetask_queue_paused"} == {"a": 0, "idle": 1, "open": 0}
+    assert ("kubetask_queue_max_running", frozenset({("queue", "open")})) not in samples, "no limit, no series"
+
+
+def test_a_worker_counts_the_claims_its_queues_rate_limit_throttled() -> None:
+    meters = metrics.WorkerMetrics("q", slots=1, busy=lambda: 0, known_types=[])
+    assert rendered(meters.registry)[("kubetask_claims_throttled_total", frozenset({("queue", "q")}))] == 0
+    meters.claim_throttled()
+    meters.claim_throttled()
+    assert rendered(meters.registry)[("kubetask_claims_throttled_total", frozenset({("queue", "q")}))] == 2

@@ -225,6 +225,7 @@ metadata:
 {{- fail (printf "metrics.port=%d is also poolDefaults.livenessProbe.port: a worker serves them apart; choose another port for one of them" (int .Values.metrics.port)) -}}
 {{- end -}}
 {{- $seen := dict -}}
+{{- $queues := dict -}}
 {{- range $index, $pool := .Values.pools -}}
 {{- if hasKey $seen $pool.name -}}
 {{- fail (printf "pools[%d].name=%q is used by another pool: pool names must be unique" $index $pool.name) -}}
@@ -239,6 +240,16 @@ metadata:
 {{- if lt $grace 6 -}}
 {{- fail (printf "pools[%d] (%s): terminationGracePeriodSeconds=%d is too short: workers get 5 s less than the grace period to finish running tasks; use at least 6" $index $pool.name $grace) -}}
 {{- end -}}
+{{- $queue := default $pool.name $pool.queue -}}
+{{- if hasKey $pool "queueSpec" -}}
+{{- if hasKey $queues $queue -}}
+{{- fail (printf "pools[%d] (%s) sets queueSpec for queue %q, and so does pool %s: a queue has one Queue, so set queueSpec on one of its pools only" $index $pool.name $queue (get $queues $queue)) -}}
+{{- end -}}
+{{- $_ := set $queues $queue $pool.name -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.operator.requireQueue (not (.Capabilities.APIVersions.Has "kubetask.io/v1alpha1/Queue")) -}}
+{{- fail "operator.requireQueue=true refuses every Task whose queue has no Queue, and this release cannot create its pools' Queues: the API server does not serve kubetask.io/v1alpha1 Queue yet (Helm cannot create a Queue in the release that installs its CRD). Install the CRDs first (kubectl apply --server-side -f crds/), or install with operator.requireQueue=false and turn it on in an upgrade" -}}
 {{- end -}}
 {{- end -}}
 

@@ -9,6 +9,7 @@
     kubetask dead-letter list | retry       the dead letter
     kubetask schedule list | trigger NAME | suspend NAME | resume NAME
                                             TaskSchedules (trigger: one run now)
+    kubetask queue list | pause | resume | describe   Queue objects (pause patches spec.paused)
     kubetask crd                            print the Task and Queue CRDs generated from the models
 
 Exit codes, for scripts: 0 success; 1 the Task failed (DeadLetter or Cancelled)
@@ -26,7 +27,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from kubetask.cli import history, schedules, tasks, terminal
+from kubetask.cli import history, queues, schedules, tasks, terminal
 
 
 PROCESSES = ("operator", "worker")
@@ -121,6 +122,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--queue", help="only Tasks of this queue")
     schedules.add_parser(command)
+    p = command("queue", queues.queue, "list, pause, resume or describe Queues (cluster-scoped; RBAC applies)",
+                ns=False, output=("json", "yaml", "wide"))
+    p.add_argument("action", choices=queues.ACTIONS)
+    p.add_argument("name", nargs="?", default="", metavar="NAME")
     return top
 
 

@@ -78,20 +78,46 @@ def _check_access(args: argparse.Namespace, namespace: str) -> None:
 def stats(args: argparse.Namespace) -> int:
     from kubetask import db
 
-    stats = asyncio.run(with_db(lambda conn: db.reads.queue_stats(conn, args.window)))
+    async def read(conn: Any) -> tuple[list[db.reads.QueueStats], dict[str, db.queues.QueueRow]]:
+        return await db.reads.queue_stats(conn, args.window), await db.queues.rows(conn)
+
+    stats, limits = asyncio.run(with_db(read))
+    # A queue with a Queue object is shown even when idle: a paused queue with nothing in it is worth seeing.
+    listed = {s.queue for s in stats}
+    stats = sorted([*stats, *(db.reads.QueueStats(name, 0, 0, 0, 0, 0.0, 0, 0, 0, 0)
+                              for name in limits if name not in listed)], key=lambda s: s.queue)
     if args.queue:
         stats = [s for s in stats if s.queue == args.queue]
+
+    def limit_words(row: db.queues.QueueRow | None) -> str:
+        if row is None:
+            return "-"
+        words = [f"max {row.max_running}" if row.max_running is not None else "",
+                 f"{row.rate_tasks}/{row.rate_period_seconds}s" if row.rate_tasks is not None else "",
+                 f"key {row.concurrency_key_limit}" if row.concurrency_key_limit is not None else ""]
+        return ", ".join(w for w in words if w) or "none"
 
     def render() -> str:
         if not stats:
             return "No tasks in PostgreSQL yet."
         rows = [[s.queue, s.due, s.scheduled, s.running, s.retrying, s.succeeded, s.dead_letter,
                  s.dead_letter_total, f"{s.succeeded / args.window:.1f}/s",
-                 f"{s.oldest_due_seconds:.1f}s" if s.due else "-"]
+                 f"{s.oldest_due_seconds:.1f}s" if s.due else "-",
+                 ("yes" if limits[s.queue].paused else "no") if s.queue in limits else "-",
+                 limit_words(limits.get(s.queue))]
                 for s in stats]
         window = f"{args.window:g}s"
         return terminal.table(["QUEUE", "WAITING", "SCHEDULED", "RUNNING", "RETRYING", f"SUCCEEDED/{window}",
-                      f"DEAD/{window}", "DEAD-LETTER", "THROUGHPUT", "OLDEST WAITING"], rows)
+                      f"DEAD/{window}", "DEAD-LETTER", "THROUGHPUT", "OLDEST WAITING", "PAUSED", "LIMITS"], rows)
 
-    terminal.emit([terminal.plain(s) for s in stats], args.output, render)
+    def plain(s: db.reads.QueueStats) -> dict[str, Any]:
+        row = limits.get(s.queue)
+        # The Queue's limits as the claim enforces them (its row); null: no Queue object, open and unlimited.
+        queue = None if row is None else {
+            "paused": row.paused, "max_running": row.max_running, "concurrency_key_limit": row.concurrency_key_limit,
+            "rate_limit": None if row.rate_tasks is None else {"tasks": row.rate_tasks,
+                                                                 "period_seconds": row.rate_period_seconds}}
+        return {**terminal.plain(s), "queue_object": queue}
+
+    terminal.emit([plain(s) for s in stats], args.output, render)
     return terminal.EXIT_OK

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, LiteralString, NamedTuple
 
 from psycopg.types.json import Jsonb
@@ -121,10 +121,11 @@ def clean_text(text: str, limit: int, keep_tail: bool = False) -> str:
     return text[:limit] + "…(truncated)"
 
 
-async def admit(conn: Conn, tasks: Sequence[NewTask]) -> int:
+async def admit(conn: Conn, tasks: Sequence[NewTask], missing_queues: Collection[str] = ()) -> int:
     """Insert new tasks in one round trip; a uid already known is skipped. Returns how many were new.
 
-    A task whose queue's row (``db.queues``) does not admit its namespace is inserted refused.
+    A task whose queue's row (``db.queues``) does not admit its namespace is inserted refused, and so is
+    one whose queue is in ``missing_queues`` (no Queue object, and the operator requires one).
     """
     if not tasks:
         return 0
@@ -133,7 +134,9 @@ async def admit(conn: Conn, tasks: Sequence[NewTask]) -> int:
         for field, values in columns.items():
             value = getattr(task, field)
             values.append(Jsonb(value) if field == "payload" else value)
-    params: dict[str, Any] = {**columns, "refusal": model.QUEUE_REFUSAL_MESSAGE}
+    params: dict[str, Any] = {**columns, "refusal": model.QUEUE_REFUSAL_MESSAGE,
+                              "missing_queues": sorted(missing_queues),
+                              "missing_refusal": model.QUEUE_MISSING_MESSAGE}
     row = await one(conn, QUERIES["admit"], params)
     return int(row[0])
 
@@ -298,6 +301,12 @@ async def cancel_or_tombstone(conn: Conn, uid: str, namespace: str, name: str, t
     row = await one(conn, QUERIES["cancel_or_tombstone"],
                     {"uid": uid, "namespace": namespace, "name": name, "type": type})
     return int(row[0])
+
+
+async def refuse_retry(conn: Conn, uid: str, token: str) -> bool:
+    """Record a retry request as acted on without requeueing; True the first time ``token`` is seen."""
+    row = await one(conn, QUERIES["refuse_retry"], {"uid": uid, "token": token})
+    return bool(row[0] == 1)
 
 
 async def retry_dead(conn: Conn, uid: str, token: str | None = None) -> bool:

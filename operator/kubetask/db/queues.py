@@ -91,6 +91,14 @@ async def refuse_outside_namespaces(conn: Conn) -> list[tuple[str, str, str]]:
     return [(namespace, name, queue) for namespace, name, queue, _ in await cursor.fetchall()]
 
 
+async def refuse_without_queue(conn: Conn, known: Sequence[str]) -> list[tuple[str, str, str]]:
+    """Refuse the waiting tasks of every queue not in ``known`` (the Queue objects that exist), when the
+    operator requires a Queue for every queue; (namespace, name, queue) of each."""
+    cursor = await conn.execute(QUERIES["refuse_without_queue"],
+                                {"known": sorted(known), "refusal": model.QUEUE_MISSING_MESSAGE})
+    return [(namespace, name, queue) for namespace, name, queue, _ in await cursor.fetchall()]
+
+
 def _row(found: Sequence[Any]) -> QueueRow:
     (name, paused, max_running, rate_tasks, period, key_limit, selector, allowed, generation) = found
     return QueueRow(name=name, paused=paused, max_running=max_running, rate_tasks=rate_tasks,

@@ -90,6 +90,12 @@ async def queue_stats(conn: Conn, window_seconds: float = 60.0) -> list[QueueSta
     return stats
 
 
+async def claims_since(conn: Conn, window_seconds: float = 60.0) -> dict[str, int]:
+    """Per queue with any, the claims (attempts started) within the last ``window_seconds``."""
+    cursor = await conn.execute(QUERIES["claims_since"], {"window_seconds": window_seconds})
+    return {queue: int(n) for queue, n in await cursor.fetchall()}
+
+
 async def mirror_lag(conn: Conn) -> tuple[int, float]:
     """(statuses behind their row, age in seconds of the oldest change not yet mirrored; 0 when none)."""
     row = await one(conn, QUERIES["mirror_lag"], {})

@@ -27,7 +27,7 @@ import psycopg
 import pydantic
 
 from kubetask import db, kube, logs, model, status
-from kubetask.operator.runtime import Runtime
+from kubetask.operator.runtime import Runtime, missing_queues
 
 log = logging.getLogger("kubetask.operator")
 
@@ -115,8 +115,21 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
         else:
             new[decision.uid] = decision
     try:
+        missing = await missing_queues(rt, conn, {task.queue for task in new.values()})
+    except BaseException:
+        # Whether their queues exist is not known (the API server or PostgreSQL is away): none is admitted
+        # or refused on a guess; they are offered again and the service restarts.
+        for raw in batch:
+            if raw["metadata"]["uid"] in new:
+                rt.admissions.offer(raw)
+        raise
+    for task in new.values():
+        if task.queue in missing:
+            log.warning("Task %s/%s refused: its queue %s has no Queue object (KUBETASK_REQUIRE_QUEUE)",
+                        task.namespace, task.name, task.queue, extra=logs.about(task.namespace, task.name, task.uid))
+    try:
         if new:
-            rt.meters.admitted.inc(await db.queue.admit(conn, list(new.values())))
+            rt.meters.admitted.inc(await db.queue.admit(conn, list(new.values()), missing))
     except psycopg.OperationalError:
         for raw in batch:
             rt.admissions.offer(raw)
@@ -129,7 +142,7 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
         pending = list(new.items())
         for index, (uid, task) in enumerate(pending):
             try:
-                rt.meters.admitted.inc(await db.queue.admit(conn, [task]))
+                rt.meters.admitted.inc(await db.queue.admit(conn, [task], missing))
             except psycopg.OperationalError:
                 for rest, _ in pending[index:]:
                     rt.admissions.offer(raws[rest])

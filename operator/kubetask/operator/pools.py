@@ -17,6 +17,12 @@ it marks busy pods with a high ``pod-deletion-cost`` so the ReplicaSet removes
 idle pods first. Every enqueue notification wakes it, but passes are at least
 ``SCALER_MIN_GAP_SECONDS`` apart; the first wake after a quiet spell acts at
 once, so scaling from zero is not delayed.
+
+A queue's Queue object bounds its pools through the queue's row (written by
+the queues service; a change of it NOTIFYs ``kubetask_queue``, which wakes
+the scaler): paused, its pools shrink to their minimum as running tasks
+finish; with ``maxRunning`` they hold no more pods than can run that many
+(``scaling.ceilings``, shared across every pool of the queue).
 """
 
 from __future__ import annotations
@@ -118,8 +124,10 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
     if not rt.pools:
         return False
     depths = await db.reads.queue_depths(conn)
+    rows = await db.queues.rows(conn)
     now = time.monotonic()
-    for pool in list(rt.pools.values()):
+    looked: list[tuple[Pool, scaling.Load, list[kube.PodInfo] | None, dict[str, int]]] = []
+    for pool in sorted(rt.pools.values(), key=lambda p: (p.namespace, p.deployment)):
         depth = depths.get(pool.policy.queue)
         busy = dict(depth.busy_pods) if depth else {}
         pods = None
@@ -130,19 +138,40 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
             busy = {pod: n for pod, n in busy.items() if pod in live}
         load = scaling.Load(ready=depth.due if depth else 0, running=depth.running if depth else 0,
                             busy_pods=len(busy))
-        target = scaling.decide(pool.policy, load, pool.replicas, now, pool.state)
-        if target == pool.replicas:
-            continue
-        if target < pool.replicas and pods is not None:
-            await _mark_busy_pods(rt, pool, pods, busy)
-        log.info("pool %s/%s: %d → %d replicas (ready %d, running %d, busy pods %d)", pool.namespace,
-                 pool.deployment, pool.replicas, target, load.ready, load.running, load.busy_pods)
-        try:
-            await rt.kube.scale(pool.namespace, pool.deployment, target)
-            pool.replicas = target
-        except kube.NotFound:
-            rt.pools.pop((pool.namespace, pool.deployment), None)
+        looked.append((pool, load, pods, busy))
+    by_queue: dict[str, list[int]] = {}
+    for i, (pool, _, _, _) in enumerate(looked):
+        by_queue.setdefault(pool.policy.queue, []).append(i)
+    for queue, members in by_queue.items():
+        limits = queue_limits(rows.get(queue))
+        tops = scaling.ceilings(limits, [(looked[i][0].policy, looked[i][1]) for i in members])
+        for i, top in zip(members, tops):
+            pool, load, pods, busy = looked[i]
+            await _scale(rt, pool, load, pods, busy,
+                         scaling.decide(pool.policy, load, pool.replicas, now, pool.state, limits, top), limits)
     return False
+
+
+def queue_limits(row: db.queues.QueueRow | None) -> scaling.QueueLimits:
+    """What the scaler obeys of a queue's row (no row, no Queue object: nothing)."""
+    return scaling.QueueLimits() if row is None else scaling.QueueLimits(row.paused, row.max_running)
+
+
+async def _scale(rt: Runtime, pool: Pool, load: scaling.Load, pods: list[kube.PodInfo] | None,
+                 busy: dict[str, int], target: int, limits: scaling.QueueLimits) -> None:
+    if target == pool.replicas:
+        return
+    if target < pool.replicas and pods is not None:
+        await _mark_busy_pods(rt, pool, pods, busy)
+    log.info("pool %s/%s: %d → %d replicas (ready %d, running %d, busy pods %d%s%s)", pool.namespace,
+             pool.deployment, pool.replicas, target, load.ready, load.running, load.busy_pods,
+             ", queue paused" if limits.paused else "",
+             f", maxRunning {limits.max_running}" if limits.max_running is not None else "")
+    try:
+        await rt.kube.scale(pool.namespace, pool.deployment, target)
+        pool.replicas = target
+    except kube.NotFound:
+        rt.pools.pop((pool.namespace, pool.deployment), None)
 
 
 async def _mark_busy_pods(rt: Runtime, pool: Pool, pods: list[kube.PodInfo], busy: dict[str, int]) -> None:

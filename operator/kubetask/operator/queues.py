@@ -1,4 +1,5 @@
-"""Queues: each Queue object's row in PostgreSQL, and the refusal of Tasks its namespaceSelector keeps out.
+"""Queues: each Queue object's row in PostgreSQL, the refusal of Tasks its namespaceSelector keeps out, and
+the Queue's status.
 
 The claim enforces a Queue (``db.queue.complete_and_claim``) from its row;
 this service keeps the rows equal to the Queue objects. It is level-driven:
@@ -28,6 +29,15 @@ Event. The refusal happens where the Task is, whichever comes first:
   (``db.queues.refuse_outside_namespaces``);
 * in between, the claim does not take it: the claim reads the same row.
 
+With ``KUBETASK_REQUIRE_QUEUE`` (deny by default) a Task whose queue has no
+Queue object is refused on the same path, with ``model.QUEUE_MISSING_MESSAGE``:
+at admission (``runtime.missing_queues``: a queue with a row has its Queue;
+for any other the API server is asked, so a Queue whose row lags is never
+taken for missing), and while it waits when its Queue is deleted or the
+setting was turned on after it was admitted (``db.queues.refuse_without_queue``,
+in the pass, before the deleted Queue's row goes). A retry from the dead letter
+is refused while the Queue is still missing.
+
 A refused Task is not re-queued on its own when the admin widens the
 selector (it might run weeks after anyone expected it to): the retry
 annotation runs it again, and it is refused again if its namespace is still
@@ -38,6 +48,7 @@ change waits for ever, silently; a refusal says so at once, and who can fix it.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +59,11 @@ from kubetask import db, kube, model
 from kubetask.operator.runtime import Runtime
 
 log = logging.getLogger("kubetask.operator")
+
+PAUSED = "Paused"
+"""The condition type of a Queue's status: whether its tasks are being claimed."""
+CLAIMS_WINDOW_SECONDS = 60.0
+"""``status.claimedLastMinute`` counts the claims of this many seconds."""
 
 
 def desired_rows(queues: list[dict[str, Any]],
@@ -101,9 +117,99 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
                      name, row.paused, row.max_running, row.rate_tasks, row.rate_period_seconds,
                      row.concurrency_key_limit,
                      "every" if row.allowed_namespaces is None else ",".join(row.allowed_namespaces) or "none")
+    if rt.config.require_queue:
+        # Before any row goes: until then the claim still obeys the deleted Queue's row.
+        known = [q for body in queues if isinstance(q := (body.get("metadata") or {}).get("name"), str)]
+        for namespace, task, queue in await db.queues.refuse_without_queue(conn, known):
+            log.warning("Task %s/%s refused: its queue %s has no Queue object (KUBETASK_REQUIRE_QUEUE)",
+                        namespace, task, queue)
     for name in current.keys() - wanted.keys() - keep:
         await db.queues.delete(conn, name)
         log.info("Queue %s deleted: its queue is open and unlimited again", name)
     for namespace, name, queue in await db.queues.refuse_outside_namespaces(conn):
         log.warning("Task %s/%s refused: Queue %s does not admit namespace %s", namespace, name, queue, namespace)
+    return False
+
+
+# -- status: the queue as PostgreSQL sees it ---------------------------------------------------------------
+#
+# ``status_once`` (leader only, every ``queue_status_interval_seconds``; nothing wakes it sooner, so the
+# API server sees at most one write per Queue per interval) LISTs the Queues, reads the counts of every
+# queue in three queries (``db.reads.queue_stats``, ``db.reads.claims_since``, the rows) and patches a
+# Queue's status subresource only when what it would write differs from what is there.
+# ``observedGeneration`` is the generation of the spec its row holds: the one the claim enforces (it
+# lags ``metadata.generation`` until the queues service has written the row, or for good while the spec
+# cannot be read). The Paused condition is from the row too: what the claim does, not what was asked.
+
+
+def rfc3339(at: datetime.datetime) -> str:
+    return at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def paused_condition(name: str, row: db.queues.QueueRow | None, before: Mapping[str, Any] | None,
+                     now: datetime.datetime) -> dict[str, Any]:
+    """The Paused condition, its lastTransitionTime kept while its status stays."""
+    if row is None:
+        state, reason, message = ("Unknown", "NotEnforced",
+                                  f"the operator has not written Queue {name} to PostgreSQL (yet): its spec is "
+                                  "not enforced, the queue is open and unlimited")
+    elif row.paused:
+        state, reason, message = ("True", "Paused",
+                                  "spec.paused is true: nothing of this queue is claimed; running tasks finish "
+                                  f"and new Tasks keep queueing (kubetask queue resume {name})")
+    else:
+        state, reason, message = "False", "Claiming", "workers claim this queue's tasks, within its limits"
+    kept = before.get("lastTransitionTime") if before is not None and before.get("status") == state else None
+    return {"type": PAUSED, "status": state, "reason": reason, "message": message,
+            "lastTransitionTime": kept or rfc3339(now)}
+
+
+def queue_status(body: Mapping[str, Any], row: db.queues.QueueRow | None, stats: db.reads.QueueStats | None,
+                 claims: int, now: datetime.datetime) -> dict[str, Any]:
+    """The status a Queue object should have (pure): counts from PostgreSQL, the Paused condition."""
+    name = str((body.get("metadata") or {}).get("name"))
+    current = body.get("status") or {}
+    before = next((c for c in current.get("conditions") or () if c.get("type") == PAUSED), None)
+    return {
+        "pending": stats.due if stats else 0,
+        "running": stats.running if stats else 0,
+        "retrying": stats.retrying if stats else 0,
+        "deadLetter": stats.dead_letter_total if stats else 0,
+        # Whole seconds: a status that changes with every fraction would be patched every pass for nothing.
+        "oldestWaitingSeconds": float(round(stats.oldest_due_seconds)) if stats else 0.0,
+        "claimedLastMinute": claims,
+        "conditions": [paused_condition(name, row, before, now)],
+        "observedGeneration": row.generation if row is not None else None,
+    }
+
+
+def changed(body: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    current = body.get("status") or {}
+    return any(current.get(key) != value for key, value in new.items())
+
+
+async def status_once(rt: Runtime, conn: db.connection.Conn) -> bool:
+    """One pass: every Queue's status equal to what PostgreSQL says of its queue, patched where it differs."""
+    try:
+        bodies = await rt.kube.queues()
+    except kube.NotFound:
+        return False
+    if not bodies:
+        return False
+    rows = await db.queues.rows(conn)
+    stats = {s.queue: s for s in await db.reads.queue_stats(conn, CLAIMS_WINDOW_SECONDS)}
+    claims = await db.reads.claims_since(conn, CLAIMS_WINDOW_SECONDS)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for body in bodies:
+        meta = body.get("metadata") or {}
+        name = meta.get("name")
+        if not isinstance(name, str):
+            continue
+        new = queue_status(body, rows.get(name), stats.get(name), claims.get(name, 0), now)
+        if not changed(body, new):
+            continue
+        try:
+            await rt.kube.patch_queue_status(name, meta["uid"], new)
+        except (kube.NotFound, kube.Conflict):
+            log.debug("Queue %s went away before its status was written", name)
     return False

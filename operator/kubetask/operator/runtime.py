@@ -11,7 +11,7 @@ import asyncio
 import collections
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from kubetask import db, kube, metrics, model, scaling, settings
@@ -205,6 +205,23 @@ class Runtime:
             await self.metrics_endpoint.close()
         await self.events_db.close()
         await self.metrics_db.close()
+
+
+async def missing_queues(rt: Runtime, conn: db.connection.Conn, names: Collection[str]) -> set[str]:
+    """Of ``names``, the queues that have no Queue object, when the operator requires one (else none).
+
+    A queue with a row in PostgreSQL has a Queue (the leader writes the row from it); for any other the
+    API server is asked, since a Queue created a moment ago may not have its row yet: a refusal is final,
+    so it is never made on a row that lags. One GET per such queue name.
+    """
+    if not rt.config.require_queue or not names:
+        return set()
+    rows = await db.queues.rows(conn)
+    missing = set()
+    for name in sorted(set(names) - rows.keys()):
+        if await rt.kube.queue(name) is None:
+            missing.add(name)
+    return missing
 
 
 RunOnce = Callable[[Runtime, db.connection.Conn], Awaitable[bool]]

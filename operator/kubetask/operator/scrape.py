@@ -30,7 +30,8 @@ async def refresh(rt: Runtime) -> None:
     async def read(conn: db.connection.Conn) -> metrics.DatabaseFacts:
         depths = await db.reads.queue_depths(conn)
         backlog, lag = await db.reads.mirror_lag(conn)
-        return metrics.DatabaseFacts(list(depths.values()), backlog, lag)
+        limits = await db.queues.rows(conn)
+        return metrics.DatabaseFacts(list(depths.values()), backlog, lag, list(limits.values()))
 
     try:
         async with asyncio.timeout(QUERY_TIMEOUT_SECONDS):

@@ -2,7 +2,7 @@
 
 Every replica watches and admits (admission, cancellation and retries are
 idempotent in SQL), and listens for NOTIFY to wake its services. Only the
-leader mirrors, scales, keeps up (rescuer, TTL, orphans, retention) and
+leader mirrors (Task and Queue statuses), scales, keeps up (rescuer, TTL, orphans, retention) and
 creates the TaskSchedules' Tasks (scheduler). The
 leader is whoever holds a session-level PostgreSQL advisory lock: when it dies
 its session ends, the lock is released, and a standby takes over within
@@ -52,6 +52,7 @@ LEADER = [
             wake=lambda rt: rt.scale_wake),
     Service("queues", queues.run_once, interval=lambda rt: rt.config.queue_resync_seconds,
             wake=lambda rt: rt.queues_wake),
+    Service("queue-status", queues.status_once, interval=lambda rt: rt.config.queue_status_interval_seconds),
     Service("rescuer", upkeep.rescue_once, interval=lambda rt: rt.config.rescue_interval_seconds, jitter=0.2),
     Service("ttl", upkeep.ttl_once, interval=lambda rt: rt.config.cleaner_interval_seconds),
     Service("orphans", upkeep.orphans_once, interval=lambda rt: rt.config.orphan_sweep_seconds),

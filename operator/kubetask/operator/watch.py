@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from kubetask import db, logs, model
-from kubetask.operator.runtime import Runtime, ours
+from kubetask.operator.runtime import Runtime, missing_queues, ours
 
 log = logging.getLogger("kubetask.operator")
 
@@ -40,6 +40,18 @@ async def on_task_event(rt: Runtime, event_type: str | None, raw: dict[str, Any]
     token = (meta.get("annotations") or {}).get(model.RETRY_ANNOTATION)
     if token and phase in (model.Phase.DEAD_LETTER.value, model.Phase.SUCCEEDED.value):
         namespace, name = meta.get("namespace"), meta.get("name")
+        queue = (raw.get("spec") or {}).get("queue") or "default"
+        if rt.config.require_queue and isinstance(queue, str) and await rt.events_db.run(
+                lambda conn: _missing(rt, conn, queue), "looking for a Task's Queue", patience=30):
+            # Refused once per token (a later event carrying the same annotation says nothing again).
+            if await rt.events_db.run(lambda conn: db.queue.refuse_retry(conn, uid, token), "refusing a retry",
+                                      patience=30):
+                message = (f"not retried: Queue {queue} does not exist, and this operator runs only Tasks whose "
+                           "queue has a Queue object (KUBETASK_REQUIRE_QUEUE); create the Queue, then annotate "
+                           "the Task again with a new value")
+                log.warning("Task %s/%s %s", namespace, name, message, extra=logs.about(namespace, name, uid))
+                rt.in_background(rt.kube.post_event(namespace, name, uid, "RetryRefused", message, warning=True))
+            return
         revived = await rt.events_db.run(lambda conn: db.queue.retry_dead(conn, uid, token),
                                          "retrying a Task", patience=30)
         if revived:
@@ -56,3 +68,7 @@ async def on_task_event(rt: Runtime, event_type: str | None, raw: dict[str, Any]
             log.warning("Task %s/%s cannot be retried: PostgreSQL has no row for it (its history was deleted by "
                         "the history retention, or the Task was refused at admission); delete and re-create "
                         "the Task to run it again", namespace, name, extra=logs.about(namespace, name, uid))
+
+
+async def _missing(rt: Runtime, conn: db.connection.Conn, queue: str) -> bool:
+    return bool(await missing_queues(rt, conn, {queue}))

@@ -189,6 +189,8 @@ class Worker:
             self._completions.put_back(batch)
             raise
         Completions.settle(batch, recorded)
+        if self._throttled_seconds is not None:
+            self.metrics.claim_throttled()
         return claimed, idle
 
     async def _claim_loop(self) -> None:

@@ -86,3 +86,29 @@ def pool_deployment(namespace: str, queue: str, replicas: int = 0) -> dict[str, 
             "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
                      "template": {"metadata": {"labels": labels},
                                   "spec": {"containers": [{"name": "worker", "image": "kubetask:never-pulled"}]}}}}
+
+
+@pytest.fixture
+async def queue_name(runtime: Runtime) -> AsyncIterator[str]:
+    """A queue name of this test's own (Queues are cluster-wide), its Queue object deleted at the end."""
+    name = f"q-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        await asyncio.to_thread(runtime.kube.custom.delete_cluster_custom_object, model.GROUP, model.VERSION,
+                                model.QUEUE_PLURAL, name)
+    except Exception as err:
+        if getattr(err, "status", None) != 404:
+            raise
+
+
+async def put_queue(rt: Runtime, name: str, **spec: Any) -> None:
+    """Create the Queue, or replace its spec (a merge patch)."""
+    body = {"apiVersion": model.API_VERSION, "kind": model.QUEUE_KIND, "metadata": {"name": name}, "spec": spec}
+    try:
+        await asyncio.to_thread(rt.kube.custom.create_cluster_custom_object, model.GROUP, model.VERSION,
+                                model.QUEUE_PLURAL, body)
+    except Exception as err:
+        if getattr(err, "status", None) != 409:
+            raise
+        await asyncio.to_thread(rt.kube.custom.patch_cluster_custom_object, model.GROUP, model.VERSION,
+                                model.QUEUE_PLURAL, name, {"spec": spec})

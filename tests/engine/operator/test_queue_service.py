@@ -7,43 +7,17 @@ Queues are cluster-wide, and the control plane is shared by the session: each te
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import create_task, events_of, get_task
+from conftest import create_task, events_of, get_task, put_queue
 
 from kubetask import db, model
 from kubetask.operator import admission, mirror, queues
 from kubetask.operator.runtime import Runtime
 
 LABEL = "kubetask.io/test-tenant"
-
-
-@pytest.fixture
-async def queue_name(runtime: Runtime) -> AsyncIterator[str]:
-    name = f"q-{uuid.uuid4().hex[:8]}"
-    yield name
-    try:
-        await asyncio.to_thread(runtime.kube.custom.delete_cluster_custom_object, model.GROUP, model.VERSION,
-                                model.QUEUE_PLURAL, name)
-    except Exception as err:
-        if getattr(err, "status", None) != 404:
-            raise
-
-
-async def put_queue(rt: Runtime, name: str, **spec: Any) -> None:
-    """Create the Queue, or replace its spec (a merge patch)."""
-    body = {"apiVersion": model.API_VERSION, "kind": model.QUEUE_KIND, "metadata": {"name": name}, "spec": spec}
-    try:
-        await asyncio.to_thread(rt.kube.custom.create_cluster_custom_object, model.GROUP, model.VERSION,
-                                model.QUEUE_PLURAL, body)
-    except Exception as err:
-        if getattr(err, "status", None) != 409:
-            raise
-        await asyncio.to_thread(rt.kube.custom.patch_cluster_custom_object, model.GROUP, model.VERSION,
-                                model.QUEUE_PLURAL, name, {"spec": spec})
 
 
 async def label(rt: Runtime, namespace: str, value: str | None) -> None:

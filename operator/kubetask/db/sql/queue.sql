@@ -3,7 +3,8 @@
 -- name: admit
 -- New Tasks in one round trip; a uid already admitted is skipped (relists after a restart). A Task whose
 -- queue's row does not admit its namespace is inserted refused (dead letter, QueueRefused, the message
--- from %(refusal)s), so it is never claimed.
+-- from %(refusal)s), so it is never claimed. A Task of a queue in %(missing_queues)s (queues with no Queue
+-- object, when the operator requires one) is inserted refused with the message from %(missing_refusal)s.
 WITH incoming AS (
     SELECT *
     FROM unnest(
@@ -20,9 +21,13 @@ WITH incoming AS (
 ), gated AS (
     -- A scalar subquery, not a join: the rows keep the order they came in, so ids follow it.
     SELECT i.*,
-           (SELECT q.namespace_selector FROM kubetask_queues AS q
-            WHERE q.name = i.queue AND q.allowed_namespaces IS NOT NULL
-              AND NOT (i.namespace = ANY(q.allowed_namespaces))) AS refused_by
+           CASE WHEN i.queue = ANY(%(missing_queues)s::text[])
+                THEN format(%(missing_refusal)s::text, i.namespace, i.queue, '', i.name)
+                ELSE (SELECT format(%(refusal)s::text, i.namespace, i.queue, q.namespace_selector::text, i.name)
+                      FROM kubetask_queues AS q
+                      WHERE q.name = i.queue AND q.allowed_namespaces IS NOT NULL
+                        AND NOT (i.namespace = ANY(q.allowed_namespaces)))
+           END AS refused_by
     FROM incoming AS i
 ), inserted AS (
     INSERT INTO kubetask_tasks (
@@ -37,7 +42,7 @@ WITH incoming AS (
            CASE WHEN refused_by IS NOT NULL THEN now() END,
            CASE WHEN refused_by IS NOT NULL THEN jsonb_build_object(
                'type', 'QueueRefused', 'attempt', 0,
-               'message', format(%(refusal)s::text, namespace, queue, refused_by::text, name)) END
+               'message', refused_by) END
     FROM gated
     ON CONFLICT (uid) DO NOTHING
     RETURNING queue, run_at, state
@@ -401,6 +406,19 @@ WITH cancelled AS (
 )
 SELECT (SELECT count(*) FROM cancelled) AS tasks,
        (SELECT count(*) FROM notified_status) AS notified;
+
+-- name: refuse_retry
+-- A retry the operator refuses (its queue has no Queue object, and one is required): the token is recorded
+-- as acted on, the task stays where it is. 1 the first time a token is seen, so the refusal is said once.
+-- Not a status change: no version bump.
+WITH refused AS (
+    UPDATE kubetask_tasks
+    SET retry_token = %(token)s::text
+    WHERE uid = %(uid)s::uuid AND state IN ('dead_letter', 'succeeded')
+      AND retry_token IS DISTINCT FROM %(token)s::text
+    RETURNING id
+)
+SELECT count(*) AS tasks FROM refused;
 
 -- name: retry_dead
 -- A fresh retry budget (budget_base = attempts); attempt numbers and history

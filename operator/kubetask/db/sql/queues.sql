@@ -78,3 +78,25 @@ WITH refused AS (
 SELECT r.namespace, r.name, r.queue, (SELECT count(*) FROM notified_status) AS notified
 FROM refused AS r
 ORDER BY r.queue, r.namespace, r.name;
+
+-- name: refuse_without_queue
+-- When the operator requires a Queue object for every queue: waiting tasks (queued or retrying) of a queue
+-- not in %(known)s (the Queue objects that exist) are refused for good, with the message from %(refusal)s
+-- (the Queue was deleted while they waited, or they were admitted before the operator required one).
+-- Read through the claim index (every waiting task); running tasks finish.
+WITH refused AS (
+    UPDATE kubetask_tasks AS t
+    SET state = 'dead_letter',
+        finished_at = now(),
+        last_error = jsonb_build_object(
+            'type', 'QueueRefused', 'attempt', t.attempts,
+            'message', format(%(refusal)s::text, t.namespace, t.queue, '', t.name)),
+        version = t.version + 1
+    WHERE t.state IN ('queued', 'retrying') AND NOT (t.queue = ANY(%(known)s::text[]))
+    RETURNING t.namespace, t.name, t.queue
+), notified_status AS (
+    SELECT pg_notify('kubetask_status', '') WHERE EXISTS (SELECT FROM refused)
+)
+SELECT r.namespace, r.name, r.queue, (SELECT count(*) FROM notified_status) AS notified
+FROM refused AS r
+ORDER BY r.queue, r.namespace, r.name;

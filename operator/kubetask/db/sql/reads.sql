@@ -100,3 +100,31 @@ LEFT JOIN LATERAL (
     SELECT max(finished_at) AS finished_at FROM kubetask_attempts WHERE task_id = t.id
 ) AS a ON true
 WHERE t.version > t.mirrored_version;
+
+-- name: claims_since
+-- Per queue, the claims (attempts started) within the last %(window_seconds)s seconds, for the Queue
+-- status. The tasks are found through their latest claim (started_at) in three disjoint sets, each read
+-- through its own index: waiting (claim index), running (lease-expiry index) and finished within the
+-- window (finished index); their attempts in the window are counted through the attempts' primary key.
+-- So the cost follows the live queue and the window, never the history.
+WITH recent AS (
+    SELECT id, queue FROM kubetask_tasks
+    WHERE state IN ('queued', 'retrying') AND started_at > now() - make_interval(secs => %(window_seconds)s)
+    UNION ALL
+    SELECT id, queue FROM kubetask_tasks
+    WHERE state = 'running' AND started_at > now() - make_interval(secs => %(window_seconds)s)
+    UNION ALL
+    SELECT id, queue FROM kubetask_tasks
+    WHERE finished_at > now() - make_interval(secs => %(window_seconds)s)
+      AND started_at > now() - make_interval(secs => %(window_seconds)s)
+), counted AS (
+    SELECT r.queue, (SELECT count(*) FROM kubetask_attempts AS a
+                     WHERE a.task_id = r.id
+                       AND a.started_at > now() - make_interval(secs => %(window_seconds)s)) AS claims
+    FROM recent AS r
+)
+SELECT queue, sum(claims)::bigint AS claims
+FROM counted
+GROUP BY queue
+HAVING sum(claims) > 0
+ORDER BY 1;
