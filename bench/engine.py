@@ -82,6 +82,7 @@ class Plan:
     history_rows: int
     history_backlog: int
     claim_samples: int
+    limit_pairs: int
 
     @classmethod
     def make(cls, quick: bool, tiny: bool = False) -> Plan:
@@ -90,17 +91,18 @@ class Plan:
             return cls(backlog=300, backlog_procrastinate=100, backlog_default_concurrency=100, processes=(1,),
                        concurrency=concurrency, peer_alternatives={}, steady_rate=500, steady_seconds=1.5,
                        pickup_samples=5, pickup_samples_polling=2, history_rows=2_000, history_backlog=200,
-                       claim_samples=20)
+                       claim_samples=20, limit_pairs=1)
         if quick:
             return cls(backlog=10_000, backlog_procrastinate=600, backlog_default_concurrency=3_000,
                        processes=(1, 2), concurrency={**concurrency, "pgqueuer": KUBETASK_CONCURRENCY},
                        peer_alternatives={}, steady_rate=12_000, steady_seconds=4, pickup_samples=50,
-                       pickup_samples_polling=10, history_rows=100_000, history_backlog=5_000, claim_samples=200)
+                       pickup_samples_polling=10, history_rows=100_000, history_backlog=5_000, claim_samples=200,
+                       limit_pairs=2)
         return cls(backlog=100_000, backlog_procrastinate=5_000, backlog_default_concurrency=20_000,
                    processes=(1, 2, 4), concurrency={**concurrency, "pgqueuer": KUBETASK_CONCURRENCY},
                    peer_alternatives={},
                    steady_rate=12_000, steady_seconds=12, pickup_samples=200, pickup_samples_polling=40,
-                   history_rows=1_000_000, history_backlog=50_000, claim_samples=500)
+                   history_rows=1_000_000, history_backlog=50_000, claim_samples=500, limit_pairs=3)
 
 
 # ------------------------------------------------------------------- databases
@@ -259,12 +261,20 @@ def _postgres_cpu(dsn: str) -> float:
     return total
 
 
+QUEUE_LIMITS = {"max_running": 100_000, "rate_tasks": 1_000_000, "rate_period_seconds": 1,
+                "concurrency_key_limit": 10_000}
+"""A Queue whose limits cannot bind a burn-down (each more than its backlog can reach): what a limited
+queue's claim costs over an unlimited one's, alone."""
+
+
 async def burn_down(dbs: Databases, system: str, backlog: int, processes: int, concurrency: int,
-                    dsn: str | None = None) -> BurnDown:
+                    dsn: str | None = None, queue_limits: dict[str, int] | None = None) -> BurnDown:
     dsn = dsn or dbs.fresh(system)
     # No VACUUM ANALYZE of the fresh, empty tables: statistics saying "empty" make PostgreSQL cache
     # plans (foreign-key checks among them) that scan whole tables once they have grown.
     async with opened(system, dsn) as client:
+        if queue_limits is not None:  # the row the operator writes for a Queue object of the queue
+            await client.set_queue_limits(queue_limits)
         async with Workers(system, dsn, processes, concurrency) as workers:
             await workers.ready()
             await client.enqueue_backlog(backlog)
@@ -465,6 +475,33 @@ async def _burn_downs(dbs: Databases, plan: Plan, command: str, report: common.R
               f"{default.postgres_cpu_us_per_task:.0f} µs; {default.check}; at most {DEFAULT_CONCURRENCY} tasks "
               "per claim and per completion batch, so the round trips dominate"),
         command=command))
+    await _queue_limits(dbs, plan, command, report, keys)
+
+
+async def _queue_limits(dbs: Databases, plan: Plan, command: str, report: common.Report,
+                        keys: dict[str, float]) -> None:
+    """The same burn-down with and without a Queue (maxRunning, rate limit, key limit set high), alternated."""
+    plain: list[BurnDown] = []
+    limited: list[BurnDown] = []
+    for _ in range(plan.limit_pairs):
+        plain.append(await burn_down(dbs, "kubetask", plan.backlog, 2, KUBETASK_CONCURRENCY))
+        limited.append(await burn_down(dbs, "kubetask", plan.backlog, 2, KUBETASK_CONCURRENCY,
+                                       queue_limits=QUEUE_LIMITS))
+    best_plain = max(r.tasks_per_s for r in plain)
+    best_limited = max(r.tasks_per_s for r in limited)
+    ratio = best_limited / best_plain
+    keys["burn_down_queue_limits_tasks_per_s"] = best_limited
+    keys["burn_down_queue_limits_ratio"] = ratio
+    report(common.Figure(
+        name="burn-down, 2 processes, a Queue with limits that do not bind", unit="tasks/s", ours=best_limited,
+        peers={"no Queue": best_plain},
+        note=(f"backlog {plan.backlog:,}, KUBETASK_CONCURRENCY={KUBETASK_CONCURRENCY}, best of {plan.limit_pairs} "
+              f"alternated runs each; the Queue sets maxRunning {QUEUE_LIMITS['max_running']:,}, a rate limit of "
+              f"{QUEUE_LIMITS['rate_tasks']:,}/s and concurrencyKeyLimit {QUEUE_LIMITS['concurrency_key_limit']:,}: "
+              "a limited queue's claim is a second statement under the queue row's lock; "
+              f"CPU per task {limited[-1].worker_cpu_us_per_task:.0f} + {limited[-1].postgres_cpu_us_per_task:.0f} µs "
+              f"vs {plain[-1].worker_cpu_us_per_task:.0f} + {plain[-1].postgres_cpu_us_per_task:.0f}"),
+        command=command, target=">= 0.85x no Queue", met=ratio >= 0.85))
 
 
 def module_settings(system: str, concurrency: int) -> str:

@@ -42,6 +42,10 @@ class Client:
     async def install(self) -> None:
         await db.schema.migrate(self.conn)
 
+    async def set_queue_limits(self, limits: dict[str, int]) -> None:
+        """The row the operator's leader writes for a Queue object named ``default``."""
+        await db.queues.upsert(self.conn, db.queues.QueueRow("default", **limits))
+
     async def enqueue_backlog(self, n: int, start: int = 0) -> None:
         """One transaction: the rows, and the NOTIFY that wakes the workers when they commit."""
         async with self.conn.transaction():

@@ -19,7 +19,8 @@ KEYS = {
     "engine_tasks_per_s", "engine_vs_pgqueuer", "engine_vs_procrastinate", "engine_steady_tasks_per_s",
     "pickup_p50_ms", "pickup_p99_ms", "pickup_polling_1s_p50_ms", "claim_latency_ratio_1m_vs_empty",
     "claim_p50_ms_empty", "claim_p50_ms_history", "burn_down_ratio_1m_vs_empty",
-    "burn_down_kubetask_default_concurrency_2p_tasks_per_s",
+    "burn_down_kubetask_default_concurrency_2p_tasks_per_s", "burn_down_queue_limits_tasks_per_s",
+    "burn_down_queue_limits_ratio",
 }
 
 
@@ -33,6 +34,8 @@ async def test_engine_benchmark_yields_every_key(pg_server: PostgresServer, tmp_
     assert {"burn-down, 1 process", "pickup latency p50 (idle worker)"} <= {f.name for f in figures}
     burn = next(f for f in figures if f.name == "burn-down, 1 process")
     assert set(burn.peers) == {"pgqueuer", "procrastinate"} and burn.met is not None
+    limited = next(f for f in figures if f.name == "burn-down, 2 processes, a Queue with limits that do not bind")
+    assert set(limited.peers) == {"no Queue"} and limited.met is not None
 
     common.write_json(tmp_path / "latest.json", keys, figures, {"quick": False})
     written = json.loads((tmp_path / "latest.json").read_text())
