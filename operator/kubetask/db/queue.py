@@ -192,24 +192,47 @@ async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[t
     and each counts what the one before it claimed.
     """
     params = {"lease_owner": lease_owner, "queue": queue, "worker_pod": worker_pod, "lease_seconds": lease_seconds}
-    cursor = await conn.execute(_with_limit("complete_and_claim", max(limit, 0)), {
+    first = {
         "done_id": [task_id for task_id, _, _ in successes],
         "done_attempt": [attempt for _, attempt, _ in successes],
         "done_results": Jsonb([result for _, _, result in successes]),
         **params,
-    })
+    }
+    if limit > 0 and queue in _LIMITED:
+        # Known limited: record and claim_limited in one pipeline, one network round trip. The claim's
+        # snapshot still starts after the lock is granted (a statement of its own), so it counts every
+        # claim committed before it; were the queue no longer limited, claim_limited claims without limits.
+        async with conn.pipeline():
+            recording = await conn.execute(_with_limit("complete_and_claim", 0), first)
+            async with conn.transaction():
+                await conn.execute(QUERIES["lock_queue"], {"queue": queue})
+                claiming = await conn.execute(_with_limit("claim_limited", limit), params)
+            rows = await recording.fetchall()
+            claim_rows = await claiming.fetchall()
+        if not (rows and rows[0][2]):
+            _LIMITED.discard(queue)
+        return Claim(set(rows[0][0]) if rows else set(),
+                     [_claimed(row[2:]) for row in claim_rows if row[2] is not None],
+                     claim_rows[0][1] if claim_rows else None)
+    cursor = await conn.execute(_with_limit("complete_and_claim", max(limit, 0)), first)
     rows = await cursor.fetchall()
     recorded: set[int] = set(rows[0][0]) if rows else set()
     limited = bool(rows[0][2]) if rows else False
     claimed = [_claimed(row[3:]) for row in rows if row[3] is not None]
     if not limited or limit <= 0:
         return Claim(recorded, claimed)
-    async with conn.transaction():
+    _LIMITED.add(queue)
+    async with conn.pipeline(), conn.transaction():
         await conn.execute(QUERIES["lock_queue"], {"queue": queue})
         cursor = await conn.execute(_with_limit("claim_limited", limit), params)
         rows = await cursor.fetchall()
     throttled = rows[0][1] if rows else None
     return Claim(recorded, [_claimed(row[2:]) for row in rows if row[2] is not None], throttled)
+
+
+_LIMITED: set[str] = set()
+"""Queues this process last found limited: their next claim goes straight to ``claim_limited``, pipelined
+with the recording of successes. A hint only: a stale entry costs nothing but the pipeline, and is dropped."""
 
 
 def _claimed(row: Sequence[Any]) -> ClaimedTask:
