@@ -116,6 +116,24 @@ class Stack:
 
     # -- PostgreSQL --------------------------------------------------------------------
 
+    def user_kubeconfig(self, namespace: str, user: str, verbs: str, resources: str,
+                        directory: pathlib.Path) -> pathlib.Path:
+        """A kubeconfig of a ServiceAccount ``user`` that may only ``verbs`` on ``resources`` in ``namespace``
+        (a real token: the API server decides what it may do)."""
+        self.plane.kubectl("create", "serviceaccount", user, "-n", namespace)
+        self.plane.kubectl("create", "role", user, f"--verb={verbs}", f"--resource={resources}", "-n", namespace)
+        self.plane.kubectl("create", "rolebinding", user, f"--role={user}", f"--serviceaccount={namespace}:{user}",
+                           "-n", namespace)
+        code, body = self.plane.request(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{user}/token", method="POST",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                  "spec": {"expirationSeconds": 600}})
+        assert code == 201, body
+        path = directory / f"{user}.kubeconfig"
+        path.write_text(controlplane.kubeconfig_text(self.plane.server, self.plane.ca_file, body["status"]["token"],
+                                                     user=user))
+        return path
+
     def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
         with psycopg.connect(self.dsn, row_factory=psycopg.rows.dict_row) as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]

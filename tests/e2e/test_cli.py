@@ -12,8 +12,6 @@ import kubernetes
 import pytest
 
 
-from kubetask_dev import controlplane
-
 from tests.conftest import temporary_namespace
 from tests.stack import Stack, task
 
@@ -88,18 +86,7 @@ def test_history_answers_only_where_the_caller_may_get_tasks(e2e: Stack, namespa
         for ns in (namespace, other):
             e2e.wait_phase(ns, "mine", "Succeeded")
         # A user who may get Tasks in `namespace` only (a ServiceAccount token, so the API server decides).
-        e2e.plane.kubectl("create", "serviceaccount", "reader", "-n", namespace)
-        e2e.plane.kubectl("create", "role", "task-reader", "--verb=get,list", "--resource=tasks.kubetask.io",
-                          "-n", namespace)
-        e2e.plane.kubectl("create", "rolebinding", "task-reader", "--role=task-reader",
-                          f"--serviceaccount={namespace}:reader", "-n", namespace)
-        code, body = e2e.plane.request(
-            f"/api/v1/namespaces/{namespace}/serviceaccounts/reader/token", method="POST",
-            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}})
-        assert code == 201, body
-        kubeconfig = tmp_path / "reader.kubeconfig"
-        kubeconfig.write_text(controlplane.kubeconfig_text(e2e.plane.server, e2e.plane.ca_file, body["status"]["token"],
-                                                           user="reader"))
+        kubeconfig = e2e.user_kubeconfig(namespace, "reader", "get,list", "tasks.kubetask.io", tmp_path)
 
         def as_reader(*args: str) -> subprocess.CompletedProcess[str]:
             env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DATABASE_URL": e2e.dsn}

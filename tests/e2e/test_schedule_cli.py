@@ -10,7 +10,7 @@ import subprocess
 from typing import Any
 
 import yaml
-from kubetask_dev import controlplane, devstack
+from kubetask_dev import devstack
 
 from kubetask import model
 from tests.e2e.test_cli import KUBETASK, cli
@@ -136,18 +136,8 @@ def test_rbac_decides_what_a_user_may_do_and_refusals_exit_5(e2e: Stack, namespa
                                                            tmp_path: pathlib.Path) -> None:
     """The CLI acts as the kubeconfig's user: a reader of TaskSchedules may list them, not suspend or trigger."""
     _apply_schedule(e2e, namespace)
-    e2e.plane.kubectl("create", "serviceaccount", "viewer", "-n", namespace)
-    e2e.plane.kubectl("create", "role", "schedule-viewer", "--verb=get,list",
-                      "--resource=taskschedules.kubetask.io,tasks.kubetask.io", "-n", namespace)
-    e2e.plane.kubectl("create", "rolebinding", "schedule-viewer", "--role=schedule-viewer",
-                      f"--serviceaccount={namespace}:viewer", "-n", namespace)
-    code, body = e2e.plane.request(
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/viewer/token", method="POST",
-        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}})
-    assert code == 201, body
-    kubeconfig = tmp_path / "viewer.kubeconfig"
-    kubeconfig.write_text(controlplane.kubeconfig_text(e2e.plane.server, e2e.plane.ca_file, body["status"]["token"],
-                                                       user="viewer"))
+    kubeconfig = e2e.user_kubeconfig(namespace, "viewer", "get,list", "taskschedules.kubetask.io,tasks.kubetask.io",
+                                     tmp_path)
 
     def as_viewer(*args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
