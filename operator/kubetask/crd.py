@@ -56,6 +56,56 @@ SPEC_RULES = [
     },
 ]
 
+#: What a Task and a TaskSchedule's template both say about running a handler or a container.
+RUNNER_RULES = [
+    {
+        "rule": "has(self.type) != has(self.container)",
+        "message": model.TYPE_OR_CONTAINER_MESSAGE,
+    },
+    {
+        "rule": "!has(self.permanentExitCodes) || size(self.permanentExitCodes) == 0 || has(self.container)",
+        "message": model.PERMANENT_EXIT_CODES_MESSAGE,
+        "fieldPath": ".permanentExitCodes",
+    },
+]
+ENV_RULES = [
+    {
+        "rule": "!(has(self.value) && has(self.valueFrom))",
+        "message": "an env variable takes value or valueFrom, not both",
+        "fieldPath": ".valueFrom",
+    },
+]
+ENV_SOURCE_RULES = [
+    {
+        "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+        "message": "valueFrom takes exactly one of secretKeyRef (a Secret's key) and configMapKeyRef (a ConfigMap's key), "
+                   "both in the Task's namespace",
+    },
+]
+TOLERATION_RULES = [
+    {
+        "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "message": "a toleration with operator Exists takes no value",
+        "fieldPath": ".value",
+    },
+    {
+        "rule": "has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+        "message": "a toleration without a key must have operator Exists (it then tolerates every taint)",
+        "fieldPath": ".key",
+    },
+]
+
+
+def _container_rules(spec: dict[str, Any]) -> None:
+    """The rules of spec.container's nested schemas, and its env as a list keyed by name (no duplicate)."""
+    env = spec["properties"]["container"]["properties"]["env"]
+    env["x-kubernetes-list-type"] = "map"
+    env["x-kubernetes-list-map-keys"] = ["name"]
+    env["items"]["x-kubernetes-validations"] = ENV_RULES
+    env["items"]["properties"]["valueFrom"]["x-kubernetes-validations"] = ENV_SOURCE_RULES
+    codes = spec["properties"]["permanentExitCodes"]
+    codes["x-kubernetes-list-type"] = "set"
+
 def _cel_string(text: str) -> str:
     """``text`` inside a single-quoted CEL string literal (where a lone backslash starts an escape)."""
     return text.replace("\\", "\\\\").replace("'", "\\'")
@@ -75,6 +125,13 @@ QUEUE_MATCH_LABELS_RULES = [
         "rule": f"self.all(k, size(k) <= {model.MAX_LABEL_KEY_LENGTH} && k.matches('{_cel_string(model.LABEL_KEY_PATTERN)}'))",
         "message": "every matchLabels key must be a label key: an optional DNS prefix and '/', then at most 63 "
                    "alphanumerics, '-', '_' or '.' (e.g. kubernetes.io/metadata.name)",
+    },
+]
+NODE_SELECTOR_RULES = [
+    {
+        "rule": QUEUE_MATCH_LABELS_RULES[0]["rule"],
+        "message": "every spec.podPolicy.nodeSelector key must be a label key: an optional DNS prefix and '/', then "
+                   "at most 63 alphanumerics, '-', '_' or '.' (e.g. kubernetes.io/os)",
     },
 ]
 QUEUE_ROOT_RULES = [
@@ -104,6 +161,7 @@ QUEUE_PRINTER_COLUMNS: list[dict[str, Any]] = [
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
+    {"name": "Image", "type": "string", "jsonPath": ".spec.container.image", "priority": 1},
     {"name": "Queue", "type": "string", "jsonPath": ".spec.queue", "priority": 1},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
@@ -120,6 +178,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         return [_structural(item, defs) for item in node]
     if not isinstance(node, dict):
         return node
+    if node.get("x-kubernetes-int-or-string"):
+        # A quantity: an integer or a string of the pattern (the only anyOf a structural schema may hold).
+        return {k: copy.deepcopy(v) for k, v in node.items() if k not in _DROP}
     if "$ref" in node:
         target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
         extra = {k: v for k, v in node.items() if k != "$ref"}
@@ -210,7 +271,8 @@ def _crd(*, kind: str, plural: str, singular: str, short_names: tuple[str, ...],
 def render() -> dict[str, Any]:
     """The Task CRD."""
     spec = _schema_of(model.TaskSpec)
-    spec["x-kubernetes-validations"] = SPEC_RULES
+    spec["x-kubernetes-validations"] = RUNNER_RULES + SPEC_RULES
+    _container_rules(spec)
     return _crd(kind=model.KIND, plural=model.PLURAL, singular=model.SINGULAR, short_names=model.SHORT_NAMES,
                 description=model.Task.__doc__, spec=spec, status=_schema_of(model.TaskStatus),
                 columns=PRINTER_COLUMNS)
@@ -266,7 +328,8 @@ def render_schedule() -> dict[str, Any]:
     """The TaskSchedule CRD."""
     spec = _schema_of(model.TaskScheduleSpec)
     spec["x-kubernetes-validations"] = SCHEDULE_RULES
-    spec["properties"]["template"]["x-kubernetes-validations"] = TEMPLATE_RULES
+    spec["properties"]["template"]["x-kubernetes-validations"] = RUNNER_RULES + TEMPLATE_RULES
+    _container_rules(spec["properties"]["template"])
     return _crd(kind=model.SCHEDULE_KIND, plural=model.SCHEDULE_PLURAL, singular=model.SCHEDULE_SINGULAR,
                 short_names=model.SCHEDULE_SHORT_NAMES, description=model.TaskSchedule.__doc__, spec=spec,
                 status=_schema_of(model.TaskScheduleStatus), columns=SCHEDULE_PRINTER_COLUMNS,
@@ -285,6 +348,9 @@ def render_queue() -> dict[str, Any]:
     selector["default"] = {}
     selector["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = QUEUE_SELECTOR_RULES
     selector["properties"]["matchLabels"]["x-kubernetes-validations"] = QUEUE_MATCH_LABELS_RULES
+    policy = spec["properties"]["podPolicy"]
+    policy["properties"]["nodeSelector"]["x-kubernetes-validations"] = NODE_SELECTOR_RULES
+    policy["properties"]["tolerations"]["items"]["x-kubernetes-validations"] = TOLERATION_RULES
     # No spec required: an empty Queue (every namespace, no limits) is a Queue.
     return _crd(kind=model.QUEUE_KIND, plural=model.QUEUE_PLURAL, singular=model.QUEUE_SINGULAR,
                 short_names=model.QUEUE_SHORT_NAMES, description=model.Queue.__doc__, spec=spec,

@@ -155,14 +155,159 @@ class Backoff(_Schema):
     """Random spread of each delay as a fraction (0.1 = ±10%), so retries of many tasks do not stampede. Default 0.1."""
 
 
+# -- Container Tasks --------------------------------------------------------------------------------
+
+#: ``spec.type`` a container Task has in PostgreSQL, its metrics and ``kubectl get`` (a handler may not be named
+#: so: the handler pattern has no parentheses).
+CONTAINER_TYPE = "(container)"
+#: Labels of every pod the operator creates for a container Task's attempt.
+TASK_UID_LABEL = f"{GROUP}/task-uid"
+ATTEMPT_LABEL = f"{GROUP}/attempt"
+#: The one container of a task pod.
+TASK_CONTAINER = "task"
+#: Bytes of a pod's log kept in the attempt's row when the pod ends (the tail).
+LOG_TAIL_BYTES = 64 * 1024
+#: A resource quantity, as Kubernetes writes them (``500m``, ``1``, ``2Gi``, ``1e3``).
+QUANTITY_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$"
+#: An environment variable's name (as the API server's default, relaxed validation allows).
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+#: A DNS subdomain (a Secret, a ConfigMap, a ServiceAccount): lowercase, at most 253 characters.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: An image reference: no whitespace, no upper case registry tricks beyond what a reference allows.
+IMAGE_PATTERN = r"^[^\s]+$"
+
+
+def _quantity(value: Any) -> Any:
+    # YAML writes `cpu: 1` as an integer: Kubernetes' quantities are int-or-string.
+    if isinstance(value, bool):
+        raise ValueError("a quantity is a number or a string such as 500m or 1Gi")
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+Quantity = Annotated[
+    str,
+    pydantic.BeforeValidator(_quantity),
+    pydantic.StringConstraints(pattern=QUANTITY_PATTERN, max_length=64),
+    # Kubernetes' own shape for a quantity; the pattern applies to the string form.
+    pydantic.WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}],
+                             "pattern": QUANTITY_PATTERN}),
+]
+
+
+class ResourceList(_Schema):
+    """Amounts of the resources a task's container may name."""
+
+    cpu: Quantity | None = None
+    """CPU, in cores (`1`, `0.5`, `250m`)."""
+    memory: Quantity | None = None
+    """Memory, in bytes (`256Mi`, `1Gi`)."""
+    ephemeral_storage: Quantity | None = pydantic.Field(default=None, alias="ephemeral-storage")
+    """Local scratch space, in bytes (`1Gi`)."""
+
+    def amounts(self) -> dict[str, str]:
+        """The amounts set, by resource name as a Pod spells it."""
+        return {name: value for name, value in self.model_dump(by_alias=True, exclude_none=True).items()}
+
+
+class KeyRef(_Schema):
+    """One key of a Secret or ConfigMap in the Task's namespace."""
+
+    name: str = pydantic.Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Name of the Secret or ConfigMap, in the Task's namespace."""
+    key: str = pydantic.Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key whose value the variable gets."""
+    optional: bool | None = None
+    """True: a missing object or key leaves the variable unset instead of failing the pod."""
+
+
+class EnvVarSource(_Schema):
+    """Where a variable's value comes from: exactly one of secretKeyRef or configMapKeyRef."""
+
+    secret_key_ref: KeyRef | None = None
+    """A key of a Secret in the Task's namespace."""
+    config_map_key_ref: KeyRef | None = None
+    """A key of a ConfigMap in the Task's namespace."""
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> "EnvVarSource":
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("valueFrom takes exactly one of secretKeyRef or configMapKeyRef")
+        return self
+
+
+class EnvVar(_Schema):
+    """An environment variable of the task's container: a literal value or a reference."""
+
+    name: str = pydantic.Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
+    """The variable's name (letters, digits, `_`, `-`, `.`; not starting with a digit)."""
+    value: str | None = pydantic.Field(default=None, max_length=32 * 1024)
+    """A literal value; `$(NAME)` expands an earlier variable, as in a Pod."""
+    value_from: EnvVarSource | None = None
+    """A Secret's or ConfigMap's key instead of a literal value."""
+
+    @pydantic.model_validator(mode="after")
+    def _value_or_reference(self) -> "EnvVar":
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: value and valueFrom are exclusive: set one of them")
+        return self
+
+
+class Resources(_Schema):
+    """CPU, memory and ephemeral storage, as a Pod's: requests reserve, limits cap."""
+
+    requests: ResourceList = pydantic.Field(default_factory=ResourceList)
+    """What the pod is scheduled with, e.g. `{cpu: 250m, memory: 256Mi}`."""
+    limits: ResourceList = pydantic.Field(default_factory=ResourceList)
+    """What the container may use at most; over its memory limit it is OOMKilled."""
+
+
+class Container(_Schema):
+    """The container a container Task runs, one pod per attempt: the subset of a Pod's container a task author chooses. The Queue chooses the rest (service account, node placement, pull secrets, security context, default and maximum resources)."""
+
+    image: str = pydantic.Field(min_length=1, max_length=1024, pattern=IMAGE_PATTERN)
+    """The image to run, e.g. `registry.example.com/team/report:1.4`. The Queue may restrict it to allowed prefixes. Required."""
+    command: list[Annotated[str, pydantic.Field(max_length=32 * 1024)]] = pydantic.Field(
+        default_factory=list, max_length=256)
+    """The entrypoint (the image's when unset)."""
+    args: list[Annotated[str, pydantic.Field(max_length=32 * 1024)]] = pydantic.Field(
+        default_factory=list, max_length=1024)
+    """Arguments to the entrypoint."""
+    env: list[EnvVar] = pydantic.Field(default_factory=list, max_length=256)
+    """Environment variables: literal values, or keys of Secrets and ConfigMaps in the Task's namespace."""
+    resources: Resources = pydantic.Field(default_factory=Resources)
+    """Requests and limits; what is unset comes from the Queue's podPolicy.defaultResources."""
+    working_dir: str | None = pydantic.Field(default=None, min_length=1, max_length=4096, pattern=r"^/")
+    """The working directory, an absolute path (the image's when unset)."""
+
+    @pydantic.model_validator(mode="after")
+    def _unique_env(self) -> "Container":
+        # The CRD says so with a map-typed list (crd.py): the API server refuses a duplicate name.
+        names = [var.name for var in self.env]
+        if len(names) != len(set(names)):
+            raise ValueError("spec.container.env names must be unique")
+        return self
+
+
+TYPE_OR_CONTAINER_MESSAGE = ("a Task runs a handler or a container: set exactly one of spec.type "
+                             "(a handler's name) and spec.container (an image to run)")
+PERMANENT_EXIT_CODES_MESSAGE = "spec.permanentExitCodes applies to container Tasks only: set spec.container, or drop it"
+
+
 class TaskSpec(_Schema):
     """What to run and how. Immutable once created: delete and re-create the Task to change it."""
 
-    type: str = pydantic.Field(min_length=1, max_length=253, pattern=_TYPE_PATTERN)
-    """Name of the handler that runs this task (for example `echo`, `email`, or one of your own). Required."""
+    type: str | None = pydantic.Field(default=None, min_length=1, max_length=253, pattern=_TYPE_PATTERN)
+    """Name of the handler that runs this task (for example `echo`, `email`, or one of your own). Exactly one of type and container."""
+
+    container: Container | None = None
+    """A container to run instead of a handler: one pod per attempt, in the Task's namespace, with the queue's guarantees (priority, limits, retries, dead letter, history). Exactly one of type and container."""
 
     payload: dict[str, Any] = pydantic.Field(default_factory=dict)
-    """Arguments for the handler: any JSON object, at most 64 KiB. Visible to anyone who can read Tasks: reference Secrets by name, never inline them."""
+    """Arguments for the handler (a container Task gets them as JSON in the KUBETASK_PAYLOAD variable): any JSON object, at most 64 KiB. Visible to anyone who can read Tasks: reference Secrets by name, never inline them."""
+
+    permanent_exit_codes: list[Annotated[int, pydantic.Field(ge=1, le=255)]] = pydantic.Field(
+        default_factory=list, max_length=32)
+    """Container Tasks only: exit codes (1-255) that mean retrying is pointless; an attempt ending with one goes straight to DeadLetter. Other non-zero codes are retried."""
 
     queue: str = pydantic.Field(default="default", min_length=1, max_length=63, pattern=_QUEUE_PATTERN)
     """Worker pool that runs this task (a DNS label). Default `default`."""
@@ -200,7 +345,16 @@ class TaskSpec(_Schema):
     def _one_schedule(self) -> "TaskSpec":
         if self.run_at is not None and self.delay_seconds is not None:
             raise ValueError("spec.runAt and spec.delaySeconds are exclusive: set one of them")
+        if (self.type is None) == (self.container is None):
+            raise ValueError(TYPE_OR_CONTAINER_MESSAGE)
+        if self.permanent_exit_codes and self.container is None:
+            raise ValueError(PERMANENT_EXIT_CODES_MESSAGE)
         return self
+
+    @property
+    def runs(self) -> str:
+        """What ``spec.type`` says in PostgreSQL: the handler's name, or CONTAINER_TYPE."""
+        return self.type if self.type is not None else CONTAINER_TYPE
 
 
 class Phase(str, enum.Enum):
@@ -415,6 +569,80 @@ class RateLimit(_Schema):
     """Length of the period in seconds, 1 to 86400 (a day)."""
 
 
+class Toleration(_Schema):
+    """A taint the queue's pods tolerate, as a Pod's toleration."""
+
+    key: str | None = pydantic.Field(default=None, max_length=MAX_LABEL_KEY_LENGTH, pattern=LABEL_KEY_PATTERN)
+    """The taint's key; unset with operator Exists: every taint."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Equal (the value must match) or Exists (any value). Default Equal."""
+    value: str | None = pydantic.Field(default=None, max_length=MAX_LABEL_VALUE_LENGTH, pattern=LABEL_VALUE_PATTERN)
+    """The taint's value, for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """The taint's effect; unset: every effect."""
+    toleration_seconds: int | None = pydantic.Field(default=None, ge=0, le=31536000)
+    """For NoExecute: how long the pod stays bound to a tainted node."""
+
+
+class SeccompProfile(_Schema):
+    """The seccomp profile of the queue's pods."""
+
+    type: Literal["RuntimeDefault", "Unconfined"] = "RuntimeDefault"
+    """RuntimeDefault (the container runtime's profile, what Pod Security's restricted level asks) or Unconfined."""
+
+
+class PodSecurityContext(_Schema):
+    """The pod-level security context of the queue's pods (what the task author may not choose)."""
+
+    run_as_non_root: bool | None = None
+    """True: the kubelet refuses to start a container whose image runs as root (uid 0)."""
+    run_as_user: int | None = pydantic.Field(default=None, ge=0, le=2147483647)
+    """The uid the containers run as (the image's when unset)."""
+    run_as_group: int | None = pydantic.Field(default=None, ge=0, le=2147483647)
+    """The primary gid the containers run as."""
+    fs_group: int | None = pydantic.Field(default=None, ge=0, le=2147483647)
+    """A supplementary group owning the pod's volumes."""
+    seccomp_profile: SeccompProfile | None = None
+    """The seccomp profile; unset: RuntimeDefault is written for you."""
+
+
+class PodPolicy(_Schema):
+    """What the cluster admin decides for every pod of a container Task of this queue. Task authors choose only image, command, args, env, resources (within maxResources) and workingDir."""
+
+    service_account_name: str | None = pydantic.Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """The ServiceAccount the pods run as, which must exist in each Task's namespace. Unset: the namespace's `default`."""
+    automount_service_account_token: bool = False
+    """Mount the ServiceAccount's API token into the pods. Default false: a task pod has no Kubernetes credentials."""
+    node_selector: dict[str, LabelValue] = pydantic.Field(default_factory=dict, max_length=MAX_SELECTOR_LABELS)
+    """Labels a node must have to run the pods."""
+    tolerations: list[Toleration] = pydantic.Field(default_factory=list, max_length=32)
+    """Taints the pods tolerate."""
+    default_resources: Resources = pydantic.Field(default_factory=Resources)
+    """Requests and limits a Task's container gets for each resource it does not set itself."""
+    max_resources: ResourceList = pydantic.Field(default_factory=ResourceList)
+    """The most a Task's container may request or be limited to, per resource; a Task asking more goes to DeadLetter (ResourcesNotAllowed) without running."""
+    image_pull_secrets: list[Annotated[str, pydantic.StringConstraints(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]] = pydantic.Field(default_factory=list, max_length=16)
+    """Secrets (in each Task's namespace) the kubelet pulls the images with."""
+    allowed_image_prefixes: list[Annotated[str, pydantic.StringConstraints(
+        min_length=1, max_length=1024, pattern=IMAGE_PATTERN)]] = pydantic.Field(default_factory=list, max_length=64)
+    """If set, a Task's image must start with one of these (e.g. `registry.example.com/team-a/`); any other goes to DeadLetter (ImageNotAllowed) without running. Unset: any image."""
+    security_context: PodSecurityContext = pydantic.Field(default_factory=PodSecurityContext)
+    """The pods' security context. Every task container also runs with allowPrivilegeEscalation false and all capabilities dropped."""
+    active_deadline_seconds: int | None = pydantic.Field(default=None, ge=1, le=604800)
+    """The longest any pod of the queue may run; a Task's own timeoutSeconds is capped by it."""
+    priority_class_name: str | None = pydantic.Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """The PriorityClass of the pods (scheduling priority and preemption)."""
+
+    @pydantic.field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        return LabelSelector._label_keys(labels)
+
+    def allows_image(self, image: str) -> bool:
+        return not self.allowed_image_prefixes or any(image.startswith(p) for p in self.allowed_image_prefixes)
+
+
 class QueueSpec(_Schema):
     """Who may submit to the queue and how its tasks are claimed. Limits hold across every worker, enforced in PostgreSQL when a task is claimed."""
 
@@ -432,6 +660,9 @@ class QueueSpec(_Schema):
 
     concurrency_key_limit: int | None = pydantic.Field(default=None, ge=1, le=10_000)
     """At most this many tasks with the same spec.concurrencyKey run at once; the others wait, spending no retries. Tasks without a key are not limited. Unset: no limit."""
+
+    pod_policy: PodPolicy = pydantic.Field(default_factory=PodPolicy)
+    """How the pods of this queue's container Tasks are made: service account, placement, security context, images and resources allowed."""
 
 
 class QueueStatus(_Schema):

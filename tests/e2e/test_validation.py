@@ -41,7 +41,7 @@ def _without_type() -> dict[str, Any]:
 
 
 CASES = [
-    ("missing type", _without_type(), "spec.type: Required value"),
+    ("neither type nor container", _without_type(), "set exactly one of spec.type"),
     ("empty type", _with(type=""), "spec.type"),
     ("overlong type", _with(type="x" * 300), "spec.type"),
     ("type with spaces", _with(type="send email"), "spec.type"),

@@ -94,12 +94,13 @@ async def plan(conn: db.connection.Conn, query: str, params: dict[str, object]) 
 
 
 async def test_queries_are_served_by_their_partial_indexes(conn: db.connection.Conn) -> None:
-    claim = await plan(conn, db.queue.QUERIES["complete_and_claim"], {
-        "queue": "q", "lease_owner": "o", "worker_pod": "p", "limit": 5, "lease_seconds": 30,
-        "done_id": [], "done_attempt": [], "done_results": Jsonb([])})
-    picking = claim.split("CTE picked")[1].split("CTE claimed")[0]
-    assert "Index Scan using kubetask_tasks_claim" in picking
-    assert "Sort" not in picking, "the index yields the claim's order: no sort"
+    params = {"queue": "q", "lease_owner": "o", "worker_pod": "p", "lease_seconds": 30,
+              "done_id": [], "done_attempt": [], "done_results": Jsonb([])}
+    for containers, index in ((False, "kubetask_tasks_claim"), (True, "kubetask_tasks_container_claim")):
+        claim = await plan(conn, db.queue._with_limit("complete_and_claim", 5, containers), params)
+        picking = claim.split("CTE picked")[1].split("CTE claimed")[0]
+        assert f"Index Scan using {index} " in picking, (containers, picking)
+        assert "Sort" not in picking, "the index yields the claim's order: no sort"
     assert "kubetask_tasks_lease_expiry" in await plan(conn, db.upkeep.QUERIES["expired_leases"], {"limit": 5})
     assert "kubetask_tasks_unmirrored" in await plan(conn, db.outbox.QUERIES["pending_status"], {"limit": 5, "history": 10})
 

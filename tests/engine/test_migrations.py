@@ -10,7 +10,7 @@ import pytest
 from kubetask import db, states
 
 MIGRATIONS = ["0001_initial", "0002_history_retention", "0003_release", "0004_queues", "0005_schedules",
-              "0006_dead_letter_index"]
+              "0006_dead_letter_index", "0007_containers", "0008_container_claim_index"]
 
 SCHEMA = """
 SELECT table_name, column_name, data_type, is_nullable, column_default

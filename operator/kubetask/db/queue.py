@@ -84,6 +84,11 @@ class NewTask:
     """Delete the finished Task object this long after it finished (see ``upkeep.expired_ttl``); None: keep it."""
     concurrency_key: str | None = None
     """``spec.concurrencyKey``: the Queue's concurrencyKeyLimit counts running tasks per key. None: no key."""
+    container: dict[str, Any] | None = None
+    """``spec.container`` (camelCase, as written): the operator runs it as a pod, no worker claims it. None: a
+    handler Task."""
+    permanent_exit_codes: tuple[int, ...] = ()
+    """``spec.permanentExitCodes``: a container attempt ending with one goes straight to the dead letter."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +109,9 @@ class ClaimedTask(RetryPolicy):
     worker_pod: str
     waited_seconds: float = 0.0
     """Seconds from when the task was due (``run_at``) to this claim, by the database's clock."""
+    container: dict[str, Any] | None = None
+    """A container task's ``spec.container`` (camelCase JSON); None for a handler task."""
+    permanent_exit_codes: tuple[int, ...] = ()
 
 
 def clean_text(text: str, limit: int, keep_tail: bool = False) -> str:
@@ -133,7 +141,11 @@ async def admit(conn: Conn, tasks: Sequence[NewTask], missing_queues: Collection
     for task in tasks:
         for field, values in columns.items():
             value = getattr(task, field)
-            values.append(Jsonb(value) if field == "payload" else value)
+            if field == "payload" or (field == "container" and value is not None):
+                value = Jsonb(value)
+            elif field == "permanent_exit_codes":
+                value = Jsonb(list(value))  # an array per row: one jsonb each (a SQL array must be rectangular)
+            values.append(value)
     params: dict[str, Any] = {**columns, "refusal": model.QUEUE_REFUSAL_MESSAGE,
                               "missing_queues": sorted(missing_queues),
                               "missing_refusal": model.QUEUE_MISSING_MESSAGE}
@@ -142,17 +154,23 @@ async def admit(conn: Conn, tasks: Sequence[NewTask], missing_queues: Collection
 
 
 async def claim(conn: Conn, queue: str, lease_owner: str, worker_pod: str, limit: int,
-                lease_seconds: float) -> list[ClaimedTask]:
-    """Lease up to ``limit`` due tasks of ``queue`` (priority, then run_at, then id) in one statement."""
+                lease_seconds: float, containers: bool = False) -> list[ClaimedTask]:
+    """Lease up to ``limit`` due tasks of ``queue`` (priority, then run_at, then id) in one statement.
+
+    ``containers``: container tasks (the leader's, run as pods) instead of handler tasks (a worker's).
+    """
     if limit <= 0:
         return []
     _, claimed, _ = await complete_and_claim(conn, lease_owner, [], queue=queue, worker_pod=worker_pod,
-                                          limit=limit, lease_seconds=lease_seconds)
+                                          limit=limit, lease_seconds=lease_seconds, containers=containers)
     return claimed
 
 
+_RUNNERS: dict[bool, LiteralString] = {False: "t.container IS NULL", True: "t.container IS NOT NULL"}
+
+
 @functools.lru_cache(maxsize=2048)
-def _with_limit(query: str, limit: int) -> LiteralString:
+def _with_limit(query: str, limit: int, containers: bool = False) -> LiteralString:
     """The statement with its LIMIT written as a literal: one prepared statement per limit.
 
     With ``LIMIT $n`` PostgreSQL's generic plan cannot know how small the
@@ -162,8 +180,11 @@ def _with_limit(query: str, limit: int) -> LiteralString:
     each limit (at most the worker's concurrency, + 1 for 0) gets its own
     prepared statement whose generic plan is as cheap as a custom one, so it
     is planned once per connection.
+
+    The runner (handler tasks or container tasks) is a literal for the same
+    reason: each claim's condition then implies its own partial index's.
     """
-    return sql.trusted(QUERIES[query].replace("%(limit)s", str(int(limit))))
+    return sql.trusted(QUERIES[query].replace("%(limit)s", str(int(limit))).replace("%(runner)s", _RUNNERS[containers]))
 
 
 class Claim(NamedTuple):
@@ -177,7 +198,8 @@ class Claim(NamedTuple):
 
 
 async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[tuple[int, int, Any]], *,
-                             queue: str, worker_pod: str, limit: int, lease_seconds: float) -> Claim:
+                             queue: str, worker_pod: str, limit: int, lease_seconds: float,
+                             containers: bool = False) -> Claim:
     """Record (task_id, attempt, result) successes and lease up to ``limit`` due tasks.
 
     Returns the ids recorded (an id missing from it was not ours any more:
@@ -198,51 +220,53 @@ async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[t
         "done_results": Jsonb([result for _, _, result in successes]),
         **params,
     }
-    if limit > 0 and queue in _LIMITED:
+    limited_key = (queue, containers)
+    if limit > 0 and limited_key in _LIMITED:
         # Known limited: record and claim_limited in one pipeline, one network round trip. The claim's
         # snapshot still starts after the lock is granted (a statement of its own), so it counts every
         # claim committed before it; were the queue no longer limited, claim_limited claims without limits.
         async with conn.pipeline():
-            recording = await conn.execute(_with_limit("complete_and_claim", 0), first)
+            recording = await conn.execute(_with_limit("complete_and_claim", 0, containers), first)
             async with conn.transaction():
                 await conn.execute(QUERIES["lock_queue"], {"queue": queue})
-                claiming = await conn.execute(_with_limit("claim_limited", limit), params)
+                claiming = await conn.execute(_with_limit("claim_limited", limit, containers), params)
             rows = await recording.fetchall()
             claim_rows = await claiming.fetchall()
         if not (rows and rows[0][2]):
-            _LIMITED.discard(queue)
+            _LIMITED.discard(limited_key)
         return Claim(set(rows[0][0]) if rows else set(),
                      [_claimed(row[2:]) for row in claim_rows if row[2] is not None],
                      claim_rows[0][1] if claim_rows else None)
-    cursor = await conn.execute(_with_limit("complete_and_claim", max(limit, 0)), first)
+    cursor = await conn.execute(_with_limit("complete_and_claim", max(limit, 0), containers), first)
     rows = await cursor.fetchall()
     recorded: set[int] = set(rows[0][0]) if rows else set()
     limited = bool(rows[0][2]) if rows else False
     claimed = [_claimed(row[3:]) for row in rows if row[3] is not None]
     if not limited or limit <= 0:
         return Claim(recorded, claimed)
-    _LIMITED.add(queue)
+    _LIMITED.add(limited_key)
     async with conn.pipeline(), conn.transaction():
         await conn.execute(QUERIES["lock_queue"], {"queue": queue})
-        cursor = await conn.execute(_with_limit("claim_limited", limit), params)
+        cursor = await conn.execute(_with_limit("claim_limited", limit, containers), params)
         rows = await cursor.fetchall()
     throttled = rows[0][1] if rows else None
     return Claim(recorded, [_claimed(row[2:]) for row in rows if row[2] is not None], throttled)
 
 
-_LIMITED: set[str] = set()
+_LIMITED: set[tuple[str, bool]] = set()
 """Queues this process last found limited: their next claim goes straight to ``claim_limited``, pipelined
 with the recording of successes. A hint only: a stale entry costs nothing but the pipeline, and is dropped."""
 
 
 def _claimed(row: Sequence[Any]) -> ClaimedTask:
     (id_, uid, namespace, name, queue, type_, payload, attempt, attempt_in_budget, timeout_seconds, max_retries,
-     initial, factor, max_seconds, jitter, lease_owner, worker_pod, waited) = row
+     initial, factor, max_seconds, jitter, lease_owner, worker_pod, waited, container, permanent) = row
     return ClaimedTask(
         max_retries=max_retries, backoff_initial_seconds=initial, backoff_factor=factor,
         backoff_max_seconds=max_seconds, backoff_jitter=jitter, id=id_, uid=uid, namespace=namespace, name=name,
         queue=queue, type=type_, payload=payload, attempt=attempt, attempt_in_budget=attempt_in_budget,
-        timeout_seconds=timeout_seconds, lease_owner=lease_owner, worker_pod=worker_pod, waited_seconds=waited)
+        timeout_seconds=timeout_seconds, lease_owner=lease_owner, worker_pod=worker_pod, waited_seconds=waited,
+        container=container, permanent_exit_codes=tuple(permanent or ()))
 
 
 async def complete(conn: Conn, task_id: int, lease_owner: str, attempt: int, result: Any) -> bool:

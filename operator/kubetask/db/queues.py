@@ -40,6 +40,8 @@ class QueueRow:
     allowed_namespaces: tuple[str, ...] | None = None
     """Namespaces whose tasks may be claimed; None: every namespace."""
     generation: int = 0
+    pod_policy: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The Queue's ``spec.podPolicy`` (camelCase JSON, defaults left out): how its container Tasks' pods are made."""
 
     @classmethod
     def of(cls, name: str, spec: model.QueueSpec, allowed_namespaces: Sequence[str] | None,
@@ -52,13 +54,19 @@ class QueueRow:
             concurrency_key_limit=spec.concurrency_key_limit,
             namespace_selector=spec.namespace_selector.model_dump(mode="json", by_alias=True, exclude_defaults=True),
             allowed_namespaces=None if allowed_namespaces is None else tuple(sorted(allowed_namespaces)),
-            generation=generation)
+            generation=generation,
+            pod_policy=spec.pod_policy.model_dump(mode="json", by_alias=True, exclude_defaults=True))
+
+    @property
+    def policy(self) -> model.PodPolicy:
+        return model.PodPolicy.model_validate(self.pod_policy)
 
 
 async def upsert(conn: Conn, row: QueueRow) -> None:
     """Write a queue's row (insert or replace); its workers are woken."""
     params = dataclasses.asdict(row)
     params["namespace_selector"] = Jsonb(row.namespace_selector)
+    params["pod_policy"] = Jsonb(row.pod_policy)
     params["allowed_namespaces"] = None if row.allowed_namespaces is None else list(row.allowed_namespaces)
     await one(conn, QUERIES["upsert_queue"], params)
 
@@ -100,7 +108,8 @@ async def refuse_without_queue(conn: Conn, known: Sequence[str]) -> list[tuple[s
 
 
 def _row(found: Sequence[Any]) -> QueueRow:
-    (name, paused, max_running, rate_tasks, period, key_limit, selector, allowed, generation) = found
+    (name, paused, max_running, rate_tasks, period, key_limit, selector, allowed, generation, pod_policy) = found
     return QueueRow(name=name, paused=paused, max_running=max_running, rate_tasks=rate_tasks,
                     rate_period_seconds=period, concurrency_key_limit=key_limit, namespace_selector=selector,
-                    allowed_namespaces=None if allowed is None else tuple(allowed), generation=generation)
+                    allowed_namespaces=None if allowed is None else tuple(allowed), generation=generation,
+                    pod_policy=pod_policy)

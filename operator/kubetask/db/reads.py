@@ -37,6 +37,18 @@ class QueueDepth:
     """Age of the oldest due task, from when it became due; 0 when none waits."""
     busy_pods: dict[str, int]
     """Worker pod name → tasks it runs now."""
+    containers_due: int = 0
+    """Of ``due``, the container tasks (the operator runs them as pods; no worker claims them)."""
+    containers_running: int = 0
+    """Of ``running``, the container tasks."""
+
+    @property
+    def handlers_due(self) -> int:
+        return self.due - self.containers_due
+
+    @property
+    def handlers_running(self) -> int:
+        return self.running - self.containers_running
 
 
 async def queue_depths(conn: Conn) -> dict[str, QueueDepth]:
@@ -44,8 +56,9 @@ async def queue_depths(conn: Conn) -> dict[str, QueueDepth]:
     cursor = await conn.execute(QUERIES["queue_depths"])
     return {
         queue: QueueDepth(queue, int(queued), int(retrying), int(due), int(scheduled), int(running),
-                          float(oldest), {pod: int(n) for pod, n in busy_pods.items()})
-        for queue, queued, retrying, due, scheduled, running, oldest, busy_pods in await cursor.fetchall()
+                          float(oldest), {pod: int(n) for pod, n in busy_pods.items()}, int(c_due), int(c_running))
+        for queue, queued, retrying, due, scheduled, running, oldest, busy_pods, c_due, c_running
+        in await cursor.fetchall()
     }
 
 

@@ -77,7 +77,7 @@ def admissible(raw: dict[str, Any], default_ttl: int | None = None) -> db.queue.
     if spec.delay_seconds is not None:
         run_at = base + datetime.timedelta(seconds=spec.delay_seconds)
     return db.queue.NewTask(
-        uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], type=spec.type,
+        uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], type=spec.runs,
         payload=spec.payload, queue=spec.queue, priority=spec.priority, max_retries=spec.max_retries,
         backoff_initial_seconds=spec.backoff.initial_seconds, backoff_factor=spec.backoff.factor,
         backoff_max_seconds=spec.backoff.max_seconds, backoff_jitter=spec.backoff.jitter,
@@ -85,6 +85,9 @@ def admissible(raw: dict[str, Any], default_ttl: int | None = None) -> db.queue.
         ttl_seconds_after_finished=(spec.ttl_seconds_after_finished if spec.ttl_seconds_after_finished is not None
                                     else default_ttl),
         concurrency_key=spec.concurrency_key,
+        container=(None if spec.container is None
+                   else spec.container.model_dump(mode="json", by_alias=True, exclude_defaults=True)),
+        permanent_exit_codes=tuple(sorted(set(spec.permanent_exit_codes))),
     )
 
 

@@ -136,7 +136,7 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
             live = {p.name for p in pods if not p.terminating}
             pool.pods = len(live)
             busy = {pod: n for pod, n in busy.items() if pod in live}
-        load = scaling.Load(ready=depth.due if depth else 0, running=depth.running if depth else 0,
+        load = scaling.Load(ready=depth.handlers_due if depth else 0, running=depth.handlers_running if depth else 0,
                             busy_pods=len(busy))
         looked.append((pool, load, pods, busy))
     by_queue: dict[str, list[int]] = {}

@@ -14,10 +14,11 @@ WITH incoming AS (
         %(backoff_factor)s::float8[], %(backoff_max_seconds)s::float8[],
         %(backoff_jitter)s::float8[], %(timeout_seconds)s::integer[],
         %(run_at)s::timestamptz[], %(ttl_seconds_after_finished)s::integer[],
-        %(concurrency_key)s::text[]
+        %(concurrency_key)s::text[], %(container)s::jsonb[], %(permanent_exit_codes)s::jsonb[]
     ) AS i (uid, namespace, name, type, payload, queue, priority, max_retries,
             backoff_initial_seconds, backoff_factor, backoff_max_seconds,
-            backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key)
+            backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key,
+            container, permanent_exit_codes)
 ), gated AS (
     -- A scalar subquery, not a join: the rows keep the order they came in, so ids follow it.
     SELECT i.*,
@@ -34,10 +35,11 @@ WITH incoming AS (
         uid, namespace, name, type, payload, queue, priority, max_retries,
         backoff_initial_seconds, backoff_factor, backoff_max_seconds,
         backoff_jitter, timeout_seconds, run_at, ttl_seconds_after_finished, concurrency_key,
-        state, finished_at, last_error)
+        container, permanent_exit_codes, state, finished_at, last_error)
     SELECT uid, namespace, name, type, payload, queue, priority, max_retries,
            backoff_initial_seconds, backoff_factor, backoff_max_seconds,
            backoff_jitter, timeout_seconds, coalesce(run_at, now()), ttl_seconds_after_finished, concurrency_key,
+           container, ARRAY(SELECT jsonb_array_elements_text(permanent_exit_codes)::integer),
            CASE WHEN refused_by IS NULL THEN 'queued' ELSE 'dead_letter' END,
            CASE WHEN refused_by IS NOT NULL THEN now() END,
            CASE WHEN refused_by IS NOT NULL THEN jsonb_build_object(
@@ -71,6 +73,10 @@ SELECT (SELECT count(*) FROM inserted) AS admitted,
 -- was claimed. %(limit)s is written into the text as a literal by
 -- db.queue._with_limit, not bound, so the plan cache keeps one cheap
 -- generic plan per limit instead of replanning every call on a big table.
+-- %(runner)s is a literal too: "t.container IS NULL" for a worker (handler
+-- tasks), "t.container IS NOT NULL" for the leader's pods (container tasks),
+-- so that each finds its partial index (kubetask_tasks_claim, or
+-- kubetask_tasks_container_claim).
 --
 -- The queue's row (kubetask_queues, a Queue object's mirror) gates the claim:
 -- a paused queue claims nothing, and allowed_namespaces keeps out tasks of
@@ -115,7 +121,7 @@ WITH incoming AS (
 ), picked AS (
     SELECT id
     FROM kubetask_tasks AS t
-    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
+    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now() AND %(runner)s
       AND NOT EXISTS (SELECT FROM queue_row WHERE paused OR limited)
       AND (NOT EXISTS (SELECT FROM queue_row WHERE allowed_namespaces IS NOT NULL)
            OR t.namespace = ANY((SELECT allowed_namespaces FROM queue_row)::text[]))
@@ -137,7 +143,7 @@ WITH incoming AS (
     RETURNING t.id, t.uid, t.namespace, t.name, t.queue, t.type, t.payload, t.attempts, t.budget_base,
               t.timeout_seconds, t.max_retries, t.backoff_initial_seconds, t.backoff_factor,
               t.backoff_max_seconds, t.backoff_jitter, t.lease_owner, t.worker_pod, t.started_at,
-              t.priority, t.run_at
+              t.priority, t.run_at, t.container, t.permanent_exit_codes
 ), attempt AS (
     INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner, started_at)
     SELECT id, attempts, worker_pod, lease_owner, started_at FROM claimed
@@ -152,7 +158,8 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM done) AS recorded,
        c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
        c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
        c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod,
-       extract(epoch FROM c.started_at - c.run_at)::float8 AS waited_seconds
+       extract(epoch FROM c.started_at - c.run_at)::float8 AS waited_seconds,
+       c.container, c.permanent_exit_codes
 FROM (VALUES (1)) AS one (always) LEFT JOIN claimed AS c ON true
 ORDER BY c.priority DESC, c.run_at, c.id;
 
@@ -167,7 +174,8 @@ SELECT name FROM kubetask_queues WHERE name = %(queue)s FOR UPDATE;
 -- The caller holds the row's lock (lock_queue) in this transaction: the lock serialises the queue's
 -- claimers, and because this statement started after the lock was granted its snapshot counts every
 -- claim committed before it. The counts of running tasks go through kubetask_tasks_lease_expiry (every
--- running task, bounded by the workers' concurrency). %(limit)s is a literal, as in complete_and_claim.
+-- running task, bounded by the workers' concurrency). %(limit)s and %(runner)s are literals, as in
+-- complete_and_claim; the limits count the running tasks of both runners.
 -- Always returns at least one row; throttled_seconds is set when the bucket holds less than a token.
 WITH queue_row AS (
     SELECT paused, allowed_namespaces, max_running, rate_tasks, rate_period_seconds, concurrency_key_limit,
@@ -197,7 +205,7 @@ WITH queue_row AS (
 ), picked AS (
     SELECT id, concurrency_key, priority, run_at
     FROM kubetask_tasks AS t
-    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now()
+    WHERE queue = %(queue)s AND state IN ('queued', 'retrying') AND run_at <= now() AND %(runner)s
       AND (SELECT n FROM budget) > 0
       AND (NOT EXISTS (SELECT FROM queue_row WHERE allowed_namespaces IS NOT NULL)
            OR t.namespace = ANY((SELECT allowed_namespaces FROM queue_row)::text[]))
@@ -237,7 +245,7 @@ WITH queue_row AS (
     RETURNING t.id, t.uid, t.namespace, t.name, t.queue, t.type, t.payload, t.attempts, t.budget_base,
               t.timeout_seconds, t.max_retries, t.backoff_initial_seconds, t.backoff_factor,
               t.backoff_max_seconds, t.backoff_jitter, t.lease_owner, t.worker_pod, t.started_at,
-              t.priority, t.run_at
+              t.priority, t.run_at, t.container, t.permanent_exit_codes
 ), attempt AS (
     INSERT INTO kubetask_attempts (task_id, number, worker_pod, lease_owner, started_at)
     SELECT id, attempts, worker_pod, lease_owner, started_at FROM claimed
@@ -260,7 +268,8 @@ SELECT (SELECT count(*) FROM notified_status) AS notified,
        c.attempts AS attempt, c.attempts - c.budget_base AS attempt_in_budget,
        c.timeout_seconds, c.max_retries, c.backoff_initial_seconds, c.backoff_factor,
        c.backoff_max_seconds, c.backoff_jitter, c.lease_owner, c.worker_pod,
-       extract(epoch FROM c.started_at - c.run_at)::float8 AS waited_seconds
+       extract(epoch FROM c.started_at - c.run_at)::float8 AS waited_seconds,
+       c.container, c.permanent_exit_codes
 FROM (VALUES (1)) AS one (always) LEFT JOIN claimed AS c ON true
 ORDER BY c.priority DESC, c.run_at, c.id;
 

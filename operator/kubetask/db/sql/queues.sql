@@ -6,9 +6,10 @@
 WITH written AS (
     INSERT INTO kubetask_queues AS q (
         name, paused, max_running, rate_tasks, rate_period_seconds, concurrency_key_limit,
-        namespace_selector, allowed_namespaces, generation, updated_at)
+        namespace_selector, allowed_namespaces, generation, pod_policy, updated_at)
     VALUES (%(name)s, %(paused)s, %(max_running)s, %(rate_tasks)s, %(rate_period_seconds)s,
-            %(concurrency_key_limit)s, %(namespace_selector)s, %(allowed_namespaces)s::text[], %(generation)s, now())
+            %(concurrency_key_limit)s, %(namespace_selector)s, %(allowed_namespaces)s::text[], %(generation)s,
+            %(pod_policy)s, now())
     ON CONFLICT (name) DO UPDATE
     SET paused = excluded.paused,
         max_running = excluded.max_running,
@@ -18,6 +19,7 @@ WITH written AS (
         namespace_selector = excluded.namespace_selector,
         allowed_namespaces = excluded.allowed_namespaces,
         generation = excluded.generation,
+        pod_policy = excluded.pod_policy,
         updated_at = now(),
         tokens = CASE WHEN (q.rate_tasks, q.rate_period_seconds)
                            IS NOT DISTINCT FROM (excluded.rate_tasks, excluded.rate_period_seconds)
@@ -45,14 +47,14 @@ SELECT (SELECT count(*) FROM deleted) AS deleted,
 -- name: get_queue
 -- One queue's row, for the operator and the tests.
 SELECT name, paused, max_running, rate_tasks, rate_period_seconds, concurrency_key_limit,
-       namespace_selector, allowed_namespaces, generation
+       namespace_selector, allowed_namespaces, generation, pod_policy
 FROM kubetask_queues
 WHERE name = %(name)s;
 
 -- name: list_queues
 -- Every queue's row, for the operator to compare with the Queue objects.
 SELECT name, paused, max_running, rate_tasks, rate_period_seconds, concurrency_key_limit,
-       namespace_selector, allowed_namespaces, generation
+       namespace_selector, allowed_namespaces, generation, pod_policy
 FROM kubetask_queues
 ORDER BY name;
 

@@ -4,7 +4,9 @@
 -- The one definition of "waiting", for the scaler, the metrics and `kubetask
 -- stats`: per queue with unfinished rows, queued and retrying counts, how many
 -- of them are due now and how long the oldest due one has waited, the
--- scheduled (future) ones, and the running ones per worker pod. Unfinished
+-- scheduled (future) ones, and the running ones per worker pod; of the due and
+-- the running, how many are container tasks (run as pods of their own, not by
+-- the pool's workers, so the scaler leaves them out). Unfinished
 -- rows only, each state set read through its partial index (claim, lease
 -- expiry), so the cost follows the live queue and not the history.
 WITH waiting AS (
@@ -13,17 +15,21 @@ WITH waiting AS (
            count(*) FILTER (WHERE state = 'retrying') AS retrying,
            count(*) FILTER (WHERE run_at <= now()) AS due,
            count(*) FILTER (WHERE run_at > now()) AS scheduled,
-           extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8 AS oldest_due_seconds
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8 AS oldest_due_seconds,
+           count(*) FILTER (WHERE run_at <= now() AND container IS NOT NULL) AS containers_due
     FROM kubetask_tasks
     WHERE state IN ('queued', 'retrying')
     GROUP BY queue
 ), per_pod AS (
-    SELECT queue, worker_pod, count(*) AS running
+    SELECT queue, worker_pod, container IS NOT NULL AS is_container, count(*) AS running
     FROM kubetask_tasks
     WHERE state = 'running'
-    GROUP BY queue, worker_pod
+    GROUP BY queue, worker_pod, is_container
 ), busy AS (
-    SELECT queue, sum(running)::bigint AS running, jsonb_object_agg(worker_pod, running) AS busy_pods
+    -- busy_pods: worker pods only (a container task's pod is its own, not a pool's).
+    SELECT queue, sum(running)::bigint AS running,
+           coalesce(jsonb_object_agg(worker_pod, running) FILTER (WHERE NOT is_container), '{}') AS busy_pods,
+           coalesce(sum(running) FILTER (WHERE is_container), 0)::bigint AS containers_running
     FROM per_pod
     GROUP BY queue
 )
@@ -31,7 +37,8 @@ SELECT coalesce(w.queue, b.queue) AS queue, coalesce(w.queued, 0) AS queued,
        coalesce(w.retrying, 0) AS retrying, coalesce(w.due, 0) AS due,
        coalesce(w.scheduled, 0) AS scheduled, coalesce(b.running, 0) AS running,
        coalesce(w.oldest_due_seconds, 0) AS oldest_due_seconds,
-       coalesce(b.busy_pods, '{}'::jsonb) AS busy_pods
+       coalesce(b.busy_pods, '{}'::jsonb) AS busy_pods,
+       coalesce(w.containers_due, 0) AS containers_due, coalesce(b.containers_running, 0) AS containers_running
 FROM waiting AS w FULL JOIN busy AS b ON w.queue = b.queue
 ORDER BY 1;
 
