@@ -76,6 +76,7 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
+        self.reason = reason
 
 
 class _AsyncHttp:
@@ -148,7 +149,7 @@ class _AsyncHttp:
             break
         if status < 300:
             return payload
-        reason = payload[:300].decode(errors="replace")
+        reason = _status_message(payload)
         if status == 404:
             raise NotFound(reason)
         if status == 409:
@@ -181,6 +182,15 @@ class _AsyncHttp:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _status_message(payload: bytes) -> str:
+    """A refusal's ``Status.message`` (what kubectl prints), else the start of the body."""
+    try:
+        message = json.loads(payload).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message)[:2000] if message else payload[:300].decode(errors="replace")
 
 
 def _quote(segment: str) -> str:
@@ -434,3 +444,47 @@ class Kube:
         self._wrote("pod_deletion_cost")
         await self._call(self.core.patch_namespaced_pod, pod, namespace,
                          {"metadata": {"annotations": {DELETION_COST: str(cost)}}})
+
+    # -- container Tasks' pods ------------------------------------------------------
+
+    async def create_pod(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a task pod; Conflict when one of that name exists (the attempt's pod: adopt it)."""
+        self._wrote("pod_create")
+        await self._http.request("POST", f"/api/v1/namespaces/{_quote(namespace)}/pods", body)
+
+    async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete a pod (background propagation); NotFound when it is gone already. ``uid``: only that pod."""
+        self._wrote("pod_delete")
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        await self._http.request("DELETE", f"/api/v1/namespaces/{_quote(namespace)}/pods/{_quote(name)}", body)
+
+    async def pod_log(self, namespace: str, name: str, container: str, tail_lines: int, limit_bytes: int) -> bytes:
+        """The last ``tail_lines`` lines of a container's log, cut to its last ``limit_bytes`` bytes."""
+        query = urllib.parse.urlencode({"container": container, "tailLines": tail_lines})
+        raw = await self._http.request("GET", f"/api/v1/namespaces/{_quote(namespace)}/pods/{_quote(name)}/log?{query}",
+                                       None, accept="*/*")
+        return raw[-limit_bytes:]
+
+    async def task_pods(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
+        """Every pod matching ``selector`` in ``namespace`` (all when None), and the list's resourceVersion."""
+        scope = f"/namespaces/{_quote(namespace)}" if namespace is not None else ""
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        listing = json.loads(await self._http.request("GET", f"/api/v1{scope}/pods?{query}", None))
+        return listing["items"], listing["metadata"]["resourceVersion"]
+
+    async def watch_task_pods(self, namespace: str | None, selector: str, resource_version: str,
+                              timeout_seconds: int = WATCH_SECONDS) -> AsyncIterator[dict[str, Any]]:
+        """Watch events of the pods matching ``selector`` after ``resource_version`` (bookmarks included).
+        Raises ``Expired`` when the version is too old to watch from (relist)."""
+        query = urllib.parse.urlencode({"labelSelector": selector, "watch": "true", "allowWatchBookmarks": "true",
+                                        "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds})
+        scope = f"/namespaces/{_quote(namespace)}" if namespace is not None else ""
+        async for event in self._http.lines(f"/api/v1{scope}/pods?{query}", timeout_seconds + 30):
+            if event.get("type") == "ERROR":
+                status = event.get("object") or {}
+                if status.get("code") == 410:
+                    raise Expired(str(status.get("message")))
+                raise ApiError(int(status.get("code") or 500), str(status.get("message")))
+            yield event

@@ -359,6 +359,36 @@ class OperatorSettings(_EnvSettings):
     that stale, and a pass costs one LIST of Queues, three counting queries and a PATCH only for a
     Queue whose status changed, so the API server sees at most one write per Queue per interval."""
 
+    container_tasks: bool = True
+    """Run container Tasks (``KUBETASK_CONTAINER_TASKS``; chart ``operator.containerTasks``): the leader
+    creates a pod per attempt in the Task's namespace, which needs pods create/delete/list/watch and
+    pods/log get there. false: container Tasks are refused at admission (DeadLetter, with why), and the
+    operator never touches pods but for its worker pools'. Default true."""
+
+    container_max_pods: int = Field(default=200, ge=1, le=100_000)
+    """Most container-Task pods the leader keeps in flight at once, over every queue
+    (``KUBETASK_CONTAINER_MAX_PODS``). Default 200; a Queue's maxRunning bounds its own queue's below
+    that. The leader's memory and API calls follow this, not how many Tasks wait."""
+
+    container_lease_seconds: float = Field(default=60.0, gt=0)
+    """Lease the leader holds on each running container attempt, renewed every pass
+    (``KUBETASK_CONTAINER_LEASE_SECONDS``). Default 60: a new leader adopts the running pods well within
+    it; if no leader renews it (none for that long), the attempt is rescued as lost and retried."""
+
+    container_start_timeout_seconds: float = Field(default=120.0, gt=0)
+    """How long a task pod may wait on an image or container-configuration problem (ErrImagePull,
+    ImagePullBackOff, InvalidImageName, CreateContainerConfigError…) before its attempt fails with that
+    reason (``KUBETASK_CONTAINER_START_TIMEOUT_SECONDS``). Default 120."""
+
+    container_pass_seconds: float = Field(default=2.0, gt=0)
+    """Longest wait between the container service's passes (``KUBETASK_CONTAINER_PASS_SECONDS``); new
+    Tasks and pod changes wake it at once. Default 2."""
+
+    keep_failed_pods_seconds: float = Field(default=0.0, ge=0)
+    """How long a failed task pod is kept after its outcome is recorded, for ``kubectl describe`` and
+    debugging (``KUBETASK_KEEP_FAILED_PODS_SECONDS``). Default 0: deleted at once (its exit code, reason
+    and last 64 KiB of log are in the history). Succeeded pods are always deleted."""
+
     orphan_sweep_seconds: float = Field(default=60.0, gt=0)
     """Seconds between sweeps that cancel tasks whose Task object was deleted while the operator was
     down (``KUBETASK_ORPHAN_SWEEP_SECONDS``). Default 60: one LIST of Tasks each time."""

@@ -17,6 +17,7 @@ statement under a named, described header, loaded once by ``db.sql``):
 ``roles``       the worker's and the reader's privileges, granted after migrating.
 ``queues``      the row mirroring each Queue object (paused, limits, namespaces), read by the claim.
 ``ticks``       the ticks of TaskSchedules, each claimed once.
+``containers``  what only container tasks need: due queues, pod names, exit codes and log tails, adoption.
 
 Each function here is one state change, and nearly every one is a single
 statement (data-modifying CTEs), so it is one round trip and, on an autocommit
@@ -39,6 +40,6 @@ and the first migration):
 Layering: nothing here imports the operator, the worker or Kubernetes.
 """
 
-from kubetask.db import connection, outbox, queue, queues, reads, release, roles, schema, ticks, upkeep
+from kubetask.db import connection, containers, outbox, queue, queues, reads, release, roles, schema, ticks, upkeep
 
-__all__ = ["connection", "outbox", "queue", "queues", "reads", "release", "roles", "schema", "ticks", "upkeep"]
+__all__ = ["connection", "containers", "outbox", "queue", "queues", "reads", "release", "roles", "schema", "ticks", "upkeep"]

@@ -303,11 +303,11 @@ async def fail(conn: Conn, task_id: int, lease_owner: str, attempt: int, *, erro
     """Record a failed attempt: retrying ``retry_in_seconds`` from now on the database's clock (what the
     worker passes: ``retry.Retry.delay_seconds``) or at ``retry_at``; dead letter when both are None.
 
-    ``outcome`` is ``failed`` or ``timeout``. False (and nothing changed) when
+    ``outcome`` is ``failed``, ``timeout`` or ``lost`` (a container task's pod vanished). False (and nothing changed) when
     the attempt no longer holds the lease.
     """
-    if outcome not in (states.Outcome.FAILED, states.Outcome.TIMEOUT):
-        raise ValueError(f"outcome must be 'failed' or 'timeout', not {outcome!r}")
+    if outcome not in (states.Outcome.FAILED, states.Outcome.TIMEOUT, states.Outcome.LOST):
+        raise ValueError(f"outcome must be 'failed', 'timeout' or 'lost', not {outcome!r}")
     row = await one(conn, QUERIES["fail"], {
         "task_id": task_id, "lease_owner": lease_owner, "attempt": attempt,
         "error_type": clean_text(error_type, 200),

@@ -39,11 +39,18 @@ class Refusal:
     reason: str
 
 
-def admissible(raw: dict[str, Any], default_ttl: int | None = None) -> db.queue.NewTask | Refusal:
+CONTAINERS_OFF = ("container Tasks are turned off in this operator (KUBETASK_CONTAINER_TASKS=false, chart value "
+                  "operator.containerTasks): it runs handler Tasks only, so this Task never runs. Name a handler in "
+                  "spec.type instead, or ask the cluster admin to turn container Tasks on")
+
+
+def admissible(raw: dict[str, Any], default_ttl: int | None = None,
+               containers: bool = True) -> db.queue.NewTask | Refusal:
     """The row to insert for a new Task object, or why it cannot be admitted.
 
     ``default_ttl`` (``KUBETASK_DEFAULT_TTL_SECONDS_AFTER_FINISHED``) is the ``ttlSecondsAfterFinished``
-    of a Task that sets none; None keeps such a Task's object once it finished.
+    of a Task that sets none; None keeps such a Task's object once it finished. ``containers`` false
+    (``KUBETASK_CONTAINER_TASKS``) refuses container Tasks.
     """
     meta = raw["metadata"]
     spec_raw = raw.get("spec") or {}
@@ -62,6 +69,8 @@ def admissible(raw: dict[str, Any], default_ttl: int | None = None) -> db.queue.
         first = err.errors()[0]
         where = "spec." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "spec"
         return Refusal(f"{where}: {first['msg']}")
+    if spec.container is not None and not containers:
+        return Refusal(CONTAINERS_OFF)
     nul = model.find_nul(spec.payload, "spec.payload")
     if nul is not None:
         return Refusal(f"{nul} holds a NUL character (\\u0000), which PostgreSQL cannot store: "
@@ -112,7 +121,7 @@ async def run_once(rt: Runtime, conn: db.connection.Conn) -> bool:
     new: dict[str, db.queue.NewTask] = {}
     refused: list[tuple[dict[str, Any], str]] = []
     for raw in batch:
-        decision = admissible(raw, rt.config.default_ttl)
+        decision = admissible(raw, rt.config.default_ttl, rt.config.container_tasks)
         if isinstance(decision, Refusal):
             refused.append((raw, decision.reason))
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import uuid
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
@@ -145,6 +146,36 @@ class Admissions:
 
 
 @dataclasses.dataclass
+class Held:
+    """A container attempt whose lease this leader holds, and its pod."""
+
+    task: db.queue.ClaimedTask
+    pod: str
+    since: float
+    """When it was claimed or adopted (``time.monotonic``)."""
+    waiting_told: str | None = None
+    """The waiting reason already told in an Event (Unschedulable, ImagePullBackOff…), so it is told once."""
+
+
+@dataclasses.dataclass
+class TaskPods:
+    """The container service's view: the task pods (from their watch) and the attempts it holds."""
+
+    pods: dict[tuple[str, int], dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """(task uid, attempt) → the pod as last seen."""
+    listed: bool = False
+    """True once the pods have been listed since leading began: before that, "no pod" is a guess."""
+    held: dict[int, Held] = dataclasses.field(default_factory=dict)
+    """Task id → the attempt held."""
+    adopted: bool = False
+    """True once this leader adopted the running attempts whose pods it found."""
+    kept: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    """(namespace, pod) of failed pods kept for debugging → when to delete them (``time.monotonic``)."""
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    """Set by a pod's watch event or an enqueue: the container service looks at once."""
+
+
+@dataclasses.dataclass
 class Runtime:
     """Everything the services share."""
 
@@ -168,6 +199,9 @@ class Runtime:
     """When (``time.monotonic``) the earliest next tick of any TaskSchedule is due, as the scheduler's
     last pass saw it: its next pass starts then, or after ``schedule_interval_seconds``."""
     unrowed: Unrowed = dataclasses.field(default_factory=Unrowed)
+    task_pods: TaskPods = dataclasses.field(default_factory=TaskPods)
+    lease_owner: str = dataclasses.field(default_factory=lambda: f"operator/{uuid.uuid4().hex[:12]}")
+    """This replica's name on the container attempts it leads (their lease owner)."""
     background: set[asyncio.Future[None]] = dataclasses.field(default_factory=set)
     """Fire-and-forget Event posts, held so they are not garbage-collected mid-flight."""
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)

@@ -2,8 +2,8 @@
 
 Every replica watches and admits (admission, cancellation and retries are
 idempotent in SQL), and listens for NOTIFY to wake its services. Only the
-leader mirrors (Task and Queue statuses), scales, keeps up (rescuer, TTL, orphans, retention) and
-creates the TaskSchedules' Tasks (scheduler). The
+leader mirrors (Task and Queue statuses), scales, keeps up (rescuer, TTL, orphans, retention),
+creates the TaskSchedules' Tasks (scheduler) and runs container Tasks' pods (pod-watch, containers). The
 leader is whoever holds a session-level PostgreSQL advisory lock: when it dies
 its session ends, the lock is released, and a standby takes over within
 ``leader_poll_seconds``. No kopf peering objects or extra RBAC are needed,
@@ -20,8 +20,8 @@ import random
 from collections.abc import Callable
 
 from kubetask import db, supervise
-from kubetask.operator import admission, loop, mirror, pools, queues, schedules, upkeep
-from kubetask.operator.runtime import RunOnce, Runtime
+from kubetask.operator import admission, containers, loop, mirror, pools, queues, schedules, upkeep
+from kubetask.operator.runtime import RunOnce, Runtime, TaskPods
 
 log = logging.getLogger("kubetask.operator")
 
@@ -58,7 +58,14 @@ LEADER = [
     Service("orphans", upkeep.orphans_once, interval=lambda rt: rt.config.orphan_sweep_seconds),
     Service("retention", upkeep.retention_once, interval=lambda rt: rt.config.history_retention_interval_seconds),
     Service("scheduler", schedules.run_once, interval=schedules.interval),
+    Service("pod-watch", containers.watch_once, interval=lambda rt: 0.0),
+    Service("containers", containers.run_once, interval=lambda rt: rt.config.container_pass_seconds,
+            wake=lambda rt: rt.task_pods.wake),
 ]
+
+
+#: The services that touch task pods: not started when container Tasks are off (``container_tasks``).
+CONTAINER_SERVICES = frozenset({"pod-watch", "containers"})
 
 
 def start(rt: Runtime) -> None:
@@ -83,6 +90,7 @@ async def listen(rt: Runtime) -> None:
                 rt.mirror_wake.set()
             else:
                 rt.scale_wake.set()
+                rt.task_pods.wake.set()
 
 
 async def lead(rt: Runtime, services: list[Service] | None = None) -> None:
@@ -90,8 +98,12 @@ async def lead(rt: Runtime, services: list[Service] | None = None) -> None:
     async with await db.connection.connect(rt.config.database.url, "kubetask-operator leadership") as conn:
         while not await db.upkeep.try_lead(conn):
             await asyncio.sleep(rt.config.leader_poll_seconds * (0.8 + 0.4 * random.random()))
-        log.info("leading: mirroring statuses, scaling pools, rescuing leases")
-        running = [service.start(rt) for service in (LEADER if services is None else services)]
+        log.info("leading: mirroring statuses, scaling pools, rescuing leases, running container Tasks")
+        rt.task_pods = TaskPods()  # what an earlier leadership held is the rows' to tell again
+        chosen = LEADER if services is None else services
+        if not rt.config.container_tasks:
+            chosen = [s for s in chosen if s.name not in CONTAINER_SERVICES]
+        running = [service.start(rt) for service in chosen]
         rt.leading = True
         try:
             while True:
