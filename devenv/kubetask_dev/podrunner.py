@@ -266,7 +266,7 @@ class Runner:
             os.replace(temporary, link)
         return path
 
-    def _spawn(self, pod: dict[str, Any], entry: PodProcess, argv: list[str], env: dict[str, str],
+    def spawn(self, pod: dict[str, Any], entry: PodProcess, argv: list[str], env: dict[str, str],
                cwd: pathlib.Path) -> subprocess.Popen[bytes]:
         entry.log_path = self.log_file(pod)
         entry.exited = threading.Event()
@@ -289,9 +289,9 @@ class Runner:
         executable = shutil.which(command[0], path=env["PATH"])
         if executable is None:
             raise RuntimeError(f"pod {entry.name}: command {command[0]!r} not found on {env['PATH']}")
-        self._spawn(pod, entry, [executable, *command[1:]], env, workdir)
+        self.spawn(pod, entry, [executable, *command[1:]], env, workdir)
 
-    def _stop_process(self, entry: PodProcess, proc: subprocess.Popen[bytes], grace: float) -> None:
+    def stop_process(self, entry: PodProcess, proc: subprocess.Popen[bytes], grace: float) -> None:
         """SIGTERM to the process group; SIGKILL once ``grace`` seconds have passed and it still runs."""
         if proc.poll() is not None:
             return
@@ -310,11 +310,11 @@ class Runner:
             entry.stop.set()
             proc = entry.proc
         if proc is not None:
-            self._stop_process(entry, proc, grace)
+            self.stop_process(entry, proc, grace)
             entry.exited.set()
         if entry.supervisor is not None:
             entry.supervisor.join(timeout=30)  # a task pod's last status goes out before the pod goes
-        self._forget(pod)
+        self.forget(pod)
         try:
             # The uid is a precondition: never mark a newer pod that took the name meanwhile.
             self.api.patch_namespaced_pod(entry.name, entry.namespace, {"metadata": {
@@ -323,7 +323,7 @@ class Runner:
             if err.status not in (404, 409):
                 raise
 
-    def _forget(self, pod: dict[str, Any]) -> None:
+    def forget(self, pod: dict[str, Any]) -> None:
         path = self.state_dir / "pods" / f"{self._key(pod)}.json"
         try:
             recorded = json.loads(path.read_text()).get("uid")
@@ -394,7 +394,7 @@ class Runner:
                 if entry.proc is not None and entry.proc.poll() is not None:
                     log.info("%s/%s exited with %s", entry.namespace, entry.name, entry.proc.returncode)
                     entry.exited.set()
-                    self._forget(pod)
+                    self.forget(pod)
                     entry.proc = None
                     if now - entry.started_at >= BACKOFF_RESET_SECONDS:
                         entry.restarts = 0  # it ran fine for a while: a new crash, not the same crash loop
@@ -618,7 +618,8 @@ class TaskPod:
                 f"{UNPULLABLE_REGISTRY} is the dev harness's unpullable registry")}})
             if self.wait_or_fail(IMAGE_BACKOFF_SECONDS, "ErrImagePull"):
                 return
-            self.write("Pending", {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}})
+            self.write("Pending", {"waiting": {"reason": "ImagePullBackOff",
+                                               "message": f'Back-off pulling image "{image}"'}})
             self.wait_or_fail(None, "ImagePullBackOff")
             return
         workdir = self.runner.state_dir / "pods" / key
@@ -650,7 +651,7 @@ class TaskPod:
         with entry.lock:
             if entry.stop.is_set():
                 return
-            proc = self.runner._spawn(pod, entry, [executable, *command[1:]], env, cwd)
+            proc = self.runner.spawn(pod, entry, [executable, *command[1:]], env, cwd)
         started = _now()
         self.write("Running", {"running": {"startedAt": started}}, ready=True)
         past_deadline = False
@@ -659,9 +660,9 @@ class TaskPod:
         except subprocess.TimeoutExpired:
             past_deadline = True
             log.info("%s/%s: activeDeadlineSeconds passed", entry.namespace, entry.name)
-            self.runner._stop_process(entry, proc, self.grace)
+            self.runner.stop_process(entry, proc, self.grace)
         _signal_group(proc.pid, signal.SIGKILL)  # the container's other processes end with its main one
-        self.runner._forget(pod)
+        self.runner.forget(pod)
         entry.exited.set()
         if self.runner.stop_event.is_set():
             return  # the harness is stopping, not the container: the next harness reports the loss
