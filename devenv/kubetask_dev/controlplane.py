@@ -8,6 +8,11 @@ and scheduler so that Deployments get ReplicaSets and Pods, and kwok so that
 fake nodes are Ready and scheduled pods go Running. Nothing runs inside those
 pods: ``podrunner`` runs a local process for each pod that kubetask owns.
 
+The fake nodes have the address 127.0.0.1 and, as their kubelet endpoint, the
+port of the harness's log server (``kubeletlogs``), so ``kubectl logs`` works
+through the API server as on a real cluster; no component ever sends traffic
+to any other address.
+
 Authentication: a static admin token in group ``system:masters`` for the
 admin kubeconfig and the control-plane components; ServiceAccount tokens
 (TokenRequest) for everything else. Authorization is ``RBAC``, so a test can
@@ -79,6 +84,18 @@ def client_certificate(pki: pathlib.Path, name: str, subject: str) -> tuple[path
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
              "-subj", subject, cwd=pki)
     (pki / f"{name}.cnf").write_text("extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.cnf", cwd=pki)
+    return pki / f"{name}.crt", pki / f"{name}.key"
+
+
+def serving_certificate(pki: pathlib.Path, name: str, subject: str,
+                        ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[pathlib.Path, pathlib.Path]:
+    """A TLS server certificate for ``ips``, signed by the cluster CA (the harness's kubelet endpoint)."""
+    sans = "subjectAltName=" + ",".join(f"IP:{ip}" for ip in ips) + ",DNS:localhost"
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", subject, cwd=pki)
+    (pki / f"{name}.cnf").write_text(sans + "\nextendedKeyUsage=serverAuth\n")
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.cnf", cwd=pki)
     return pki / f"{name}.crt", pki / f"{name}.key"
@@ -181,7 +198,9 @@ class ControlPlane:
         (state_dir / "logs").mkdir(exist_ok=True)
         pki = state_dir / "pki"
         make_pki(pki, extra_ips=() if advertise_address == "127.0.0.1" else (advertise_address,))
-        ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")}
+        # "kubelet": the harness's log server, which the kwok nodes name as their kubelet endpoint.
+        ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler",
+                                                "kwok", "kubelet")}
         token = secrets.token_hex(24)
         (pki / "tokens.csv").write_text(f'{token},kubetask-admin,kubetask-admin,"system:masters"\n')
         server = f"https://127.0.0.1:{ports['apiserver']}"
@@ -236,7 +255,9 @@ class ControlPlane:
             str(bins.kwok), f"--kubeconfig={kubeconfig}", f"--config={STAGES_FILE}",
             "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--server-address=127.0.0.1:{ports['kwok']}", "--node-lease-duration-seconds=40",
-            "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1",
+            # The nodes' InternalIP, where the API server sends kubelet calls (pods/log): the harness listens
+            # there. Pod IPs from --cidr are labels only; nothing sends traffic to them.
+            "--cidr=10.244.0.0/16", "--node-ip=127.0.0.1",
         ])
         plane.add_nodes(nodes)
         if harness:
@@ -264,6 +285,12 @@ class ControlPlane:
         raise TimeoutError(f"kube-apiserver not ready after {timeout}s: {last!r}; see {self.state_dir / 'logs'}")
 
     def add_nodes(self, count: int) -> None:
+        """Fake nodes, created with the harness's log server as their kubelet endpoint.
+
+        The port goes into the status on creation, as a kubelet registers its node: kwok's stages patch
+        the node status and never name ``daemonEndpoints``, so it stays.
+        """
+        endpoints = {"kubeletEndpoint": {"Port": self.ports["kubelet"]}} if "kubelet" in self.ports else {}
         for index in range(count):
             name = f"kwok-node-{index}"
             node = {
@@ -275,7 +302,8 @@ class ControlPlane:
                                "kubernetes.io/arch": "amd64", "type": "kwok"},
                 },
                 "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"},
-                           "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250"}},
+                           "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250"},
+                           "daemonEndpoints": endpoints},
             }
             code, body = self.request("/api/v1/nodes", method="POST", body=node)
             if code not in (201, 409):
