@@ -226,6 +226,22 @@ def _since(stamp: str | None, now: datetime.datetime) -> float:
     return (now - datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
 
 
+def interrupted(pod: Mapping[str, Any]) -> Ended:
+    """What a pod deleted from under its attempt (by hand, an eviction, a drain) tells: a lost attempt."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    reason, why = "PodDeleted", "deleted (by hand or by a controller)"
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            reason = str(condition.get("reason") or "DisruptionTarget")
+            why = str(condition.get("message") or reason)
+    terminated = (_container_status(pod).get("state") or {}).get("terminated") or {}
+    code = terminated.get("exitCode")
+    return Ended(False, reason, f"pod {meta.get('namespace')}/{meta.get('name')} was {why} before its container "
+                                "ended; the attempt counts as lost and is retried",
+                 None if code is None else int(code))
+
+
 def observe(pod: Mapping[str, Any], now: datetime.datetime, start_timeout_seconds: float) -> Ended | Waiting | None:
     """Whether the pod's attempt ended (``Ended``), cannot start (``Waiting``), or runs (None)."""
     status = pod.get("status") or {}

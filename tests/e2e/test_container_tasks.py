@@ -93,7 +93,7 @@ def test_a_pod_deleted_by_hand_is_a_lost_attempt_and_is_retried(e2e: Stack, name
     e2e.wait_phase(namespace, "rescued", "Succeeded", timeout=90)
     attempts = e2e.attempts(uid_of(e2e, namespace, "rescued"))
     assert [a["outcome"] for a in attempts] == ["lost", "succeeded"]
-    assert attempts[0]["error_type"] == "PodLost" and attempts[1]["log_tail"] == "second\n"
+    assert attempts[0]["error_type"] == "PodDeleted" and attempts[1]["log_tail"] == "second\n"
 
 
 def test_a_new_leader_adopts_running_pods_and_no_attempt_runs_twice(

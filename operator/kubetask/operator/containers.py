@@ -187,6 +187,12 @@ async def _observe(rt: Runtime, conn: db.connection.Conn) -> None:
                 False, "PodLost", f"pod {task.namespace}/{held.pod} disappeared before its container ended "
                                   "(deleted by hand, evicted, or its node was lost)"), None, lost=True)
             continue
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            # Deleted while its attempt is ours (we delete a pod only once its attempt is recorded): by hand,
+            # by an eviction or a drain. Whatever its container says, the attempt was interrupted: lost.
+            ended = pods.interrupted(pod)
+            await _finish(rt, conn, held, ended, await _log_tail(rt, task.namespace, held.pod), lost=True)
+            continue
         seen = pods.observe(pod, now, rt.config.container_start_timeout_seconds)
         if isinstance(seen, pods.Waiting):
             if held.waiting_told != seen.reason:
@@ -200,8 +206,6 @@ async def _observe(rt: Runtime, conn: db.connection.Conn) -> None:
             continue
         tail = await _log_tail(rt, task.namespace, held.pod)
         await _finish(rt, conn, held, seen, tail)
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
         if not seen.succeeded and rt.config.keep_failed_pods_seconds > 0:
             state.kept[(task.namespace, held.pod)] = time.monotonic() + rt.config.keep_failed_pods_seconds
         else:
