@@ -40,6 +40,10 @@ def _with(**spec: Any) -> dict[str, Any]:
     return manifest
 
 
+def _policy(**policy: Any) -> dict[str, Any]:
+    return _with(podPolicy=policy)
+
+
 def _selector(**selector: Any) -> dict[str, Any]:
     return _with(namespaceSelector=selector)
 
@@ -83,6 +87,29 @@ CASES = [
      "spec.namespaceSelector.matchLabels.team"),
     ("selector unknown field", _selector(matchNames=["a"]), 'unknown field "spec.namespaceSelector.matchNames"'),
     ("selector not an object", _with(namespaceSelector="team=a"), "spec.namespaceSelector"),
+    # spec.podPolicy: how container Tasks' pods are made.
+    ("podPolicy unknown field", _policy(hostNetwork=True), 'unknown field "spec.podPolicy.hostNetwork"'),
+    ("serviceAccountName not a name", _policy(serviceAccountName="Not_A_Name"), "spec.podPolicy.serviceAccountName"),
+    ("nodeSelector key not a label key", _policy(nodeSelector={"not a key": "x"}), "spec.podPolicy.nodeSelector"),
+    ("nodeSelector value too long", _policy(nodeSelector={"pool": "x" * 64}), "spec.podPolicy.nodeSelector.pool"),
+    ("toleration operator unknown", _policy(tolerations=[{"key": "k", "operator": "Above"}]),
+     "spec.podPolicy.tolerations[0].operator"),
+    ("toleration Exists with a value", _policy(tolerations=[{"key": "k", "operator": "Exists", "value": "v"}]),
+     "operator Exists takes no value"),
+    ("toleration without key, Equal", _policy(tolerations=[{"value": "v"}]), "without a key must have operator Exists"),
+    ("toleration effect unknown", _policy(tolerations=[{"key": "k", "effect": "Sometimes"}]),
+     "spec.podPolicy.tolerations[0].effect"),
+    ("maxResources not a quantity", _policy(maxResources={"cpu": "many"}), "spec.podPolicy.maxResources.cpu"),
+    ("defaultResources unknown kind", _policy(defaultResources={"limits": {"gpu": 1}}),
+     'unknown field "spec.podPolicy.defaultResources.limits.gpu"'),
+    ("imagePullSecrets not names", _policy(imagePullSecrets=[{"name": "x"}]), "spec.podPolicy.imagePullSecrets[0]"),
+    ("allowedImagePrefixes empty string", _policy(allowedImagePrefixes=[""]), "spec.podPolicy.allowedImagePrefixes[0]"),
+    ("runAsUser negative", _policy(securityContext={"runAsUser": -1}), "spec.podPolicy.securityContext.runAsUser"),
+    ("seccomp profile Localhost", _policy(securityContext={"seccompProfile": {"type": "Localhost"}}),
+     "spec.podPolicy.securityContext.seccompProfile.type"),
+    ("privileged in the security context", _policy(securityContext={"privileged": True}),
+     'unknown field "spec.podPolicy.securityContext.privileged"'),
+    ("activeDeadlineSeconds zero", _policy(activeDeadlineSeconds=0), "spec.podPolicy.activeDeadlineSeconds"),
 ]
 
 

@@ -34,6 +34,20 @@ def _without_spec() -> dict[str, Any]:
     return manifest
 
 
+def _container(**container: Any) -> dict[str, Any]:
+    """A container Task whose spec.container has these fields (None: without it)."""
+    manifest = copy.deepcopy(BASE)
+    fields = {"image": "busybox:1.36", **container}
+    manifest["spec"] = {"container": {k: v for k, v in fields.items() if v is not None}}
+    return manifest
+
+
+def _container_with(**spec: Any) -> dict[str, Any]:
+    manifest = _container()
+    manifest["spec"].update(spec)
+    return manifest
+
+
 def _without_type() -> dict[str, Any]:
     manifest = copy.deepcopy(BASE)
     manifest["spec"] = {"payload": {}}
@@ -86,6 +100,41 @@ CASES = [
     ("concurrencyKey over 253 characters", _with(concurrencyKey="k" * 254), "spec.concurrencyKey"),
     ("concurrencyKey with a newline", _with(concurrencyKey="customer\n42"), "spec.concurrencyKey"),
     ("concurrencyKey a number", _with(concurrencyKey=42), "spec.concurrencyKey"),
+    # Container Tasks: spec.container instead of spec.type.
+    ("both type and container", _with(container={"image": "busybox:1"}), "set exactly one of spec.type"),
+    ("container without image", _container(command=["true"], image=None), "spec.container.image: Required value"),
+    ("container image empty", _container(image=""), "spec.container.image"),
+    ("container image with a space", _container(image="busybox 1"), "spec.container.image"),
+    ("container command not a list", _container(command="echo hi"), "spec.container.command"),
+    ("container args of numbers", _container(args=[1, 2]), "spec.container.args[0]"),
+    ("container unknown field", _container(ports=[{"containerPort": 80}]), 'unknown field "spec.container.ports"'),
+    ("container privileged", _container(securityContext={"privileged": True}),
+     'unknown field "spec.container.securityContext"'),
+    ("env without name", _container(env=[{"value": "x"}]), "spec.container.env[0].name: Required value"),
+    ("env name with a space", _container(env=[{"name": "MY VAR", "value": "x"}]), "spec.container.env[0].name"),
+    ("env named twice", _container(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]),
+     "spec.container.env[1]: Duplicate value"),
+    ("env value and valueFrom", _container(env=[{"name": "A", "value": "1", "valueFrom": {
+        "secretKeyRef": {"name": "s", "key": "k"}}}]), "takes value or valueFrom, not both"),
+    ("env valueFrom empty", _container(env=[{"name": "A", "valueFrom": {}}]), "exactly one of secretKeyRef"),
+    ("env valueFrom both refs", _container(env=[{"name": "A", "valueFrom": {
+        "secretKeyRef": {"name": "s", "key": "k"}, "configMapKeyRef": {"name": "c", "key": "k"}}}]),
+     "exactly one of secretKeyRef"),
+    ("env secretKeyRef without key", _container(env=[{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s"}}}]),
+     "spec.container.env[0].valueFrom.secretKeyRef.key: Required value"),
+    ("env from a field path", _container(env=[{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]),
+     'unknown field "spec.container.env[0].valueFrom.fieldRef"'),
+    ("resources not a quantity", _container(resources={"limits": {"memory": "lots"}}),
+     "spec.container.resources.limits.memory"),
+    ("resources of an unknown kind", _container(resources={"limits": {"nvidia.com/gpu": 1}}),
+     'unknown field "spec.container.resources.limits.nvidia.com/gpu"'),
+    ("workingDir relative", _container(workingDir="src"), "spec.container.workingDir"),
+    ("permanentExitCodes on a handler Task", _with(permanentExitCodes=[3]),
+     "spec.permanentExitCodes applies to container Tasks only"),
+    ("permanentExitCode 0", _container_with(permanentExitCodes=[0]), "spec.permanentExitCodes[0]"),
+    ("permanentExitCode over 255", _container_with(permanentExitCodes=[256]), "spec.permanentExitCodes[0]"),
+    ("permanentExitCodes repeated", _container_with(permanentExitCodes=[3, 3]),
+     "spec.permanentExitCodes[1]: Duplicate value"),
 ]
 
 
