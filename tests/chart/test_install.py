@@ -86,13 +86,19 @@ def test_operator_rbac_works_and_grants_no_secrets(release_factory: Any) -> None
     assert _can_i(release, "list", "taskschedules.kubetask.io", "-n", ns)
     assert _can_i(release, "patch", "taskschedules.kubetask.io", "--subresource=status", "-n", ns)
     assert _can_i(release, "create", "tasks.kubetask.io", "-n", ns)
-    # ... and nothing it does not: no Secrets anywhere, no Tasks outside its namespaces, no deletes of pods,
-    # no edit of a Task (only its status) or of a Deployment (only its scale).
+    # Container Tasks (operator.containerTasks, the default): their pods in the served namespaces, and their logs.
+    for verb in ("create", "delete", "list", "watch"):
+        assert _can_i(release, verb, "pods", "-n", ns), verb
+    assert _can_i(release, "get", "pods", "--subresource=log", "-n", ns)
+    # ... and nothing it does not: no Secrets anywhere, no Tasks outside its namespaces, no pods outside them,
+    # no edit of a Task (only its status) or of a Deployment (only its scale), no exec into pods.
     assert not _can_i(release, "get", "secrets", "-n", "default")
     assert not _can_i(release, "get", "secrets", "-n", ns)
     assert not _can_i(release, "list", "secrets", "--all-namespaces")
     assert not _can_i(release, "list", "tasks.kubetask.io", "-n", "default")
-    assert not _can_i(release, "delete", "pods", "-n", ns)
+    assert not _can_i(release, "create", "pods", "-n", "default")
+    assert not _can_i(release, "create", "pods", "--subresource=exec", "-n", ns)
+    assert not _can_i(release, "update", "pods", "-n", ns)
     assert not _can_i(release, "patch", "tasks.kubetask.io", "-n", ns)
     assert not _can_i(release, "patch", "taskschedules.kubetask.io", "-n", ns)
     assert not _can_i(release, "patch", "deployments.apps", "-n", ns)
@@ -179,10 +185,11 @@ def test_a_cluster_wide_operator_serves_every_namespace_but_scales_and_patches_o
     assert _can_i(release, "patch", "tasks.kubetask.io", "--subresource=status", "-n", "tenant")
     assert _can_i(release, "create", "events", "-n", "tenant")
     assert not _can_i(release, "patch", "tasks.kubetask.io", "-n", "tenant")
-    # ... pods and Deployments only in the release namespace: not in a tenant's, not in kube-system.
+    # ... container Tasks' pods wherever Tasks are served (made, followed and deleted, never patched) ...
+    assert _can_i(release, "create", "pods", "-n", "tenant") and _can_i(release, "delete", "pods", "-n", "tenant")
+    # ... while pool pods and Deployments only in the release namespace: not in a tenant's, not in kube-system.
     for namespace in ("tenant", "kube-system"):
         assert not _can_i(release, "patch", "pods", "-n", namespace), namespace
-        assert not _can_i(release, "list", "pods", "-n", namespace), namespace
         assert not _can_i(release, "patch", "deployments.apps", "--subresource=scale", "-n", namespace), namespace
         assert not _can_i(release, "list", "deployments.apps", "-n", namespace), namespace
     assert not _can_i(release, "list", "deployments.apps", "--all-namespaces")

@@ -283,12 +283,18 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 #: What the operator may do with Tasks and TaskSchedules, wherever it serves them: no patch of a Task or a
 #: TaskSchedule itself, only their status; Tasks are created (by schedules) and deleted, schedules only read.
-TASK_RULES = {
+HANDLER_TASK_RULES = {
     ("kubetask.io", "tasks"): {"get", "list", "watch", "delete", "create"},
     ("kubetask.io", "tasks/status"): {"patch"},
     ("kubetask.io", "taskschedules"): {"get", "list", "watch"},
     ("kubetask.io", "taskschedules/status"): {"patch"},
     ("", "events"): {"create"},
+}
+#: Container Tasks (operator.containerTasks, the default) add their pods, never patched or exec'd, and their logs.
+TASK_RULES = {
+    **HANDLER_TASK_RULES,
+    ("", "pods"): {"create", "delete", "list", "watch"},
+    ("", "pods/log"): {"get"},
 }
 #: What it may do with worker pools, in the pool namespaces only: scale (not edit) Deployments, annotate pods.
 POOL_RULES = {
@@ -334,6 +340,14 @@ def test_cluster_wide_operator_rbac_is_least_privilege() -> None:
     env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["KUBETASK_POOL_NAMESPACES"]["value"] == "$(POD_NAMESPACE)", "pools discovered only where it may scale"
+
+
+def test_without_container_tasks_the_operator_gets_no_rights_on_pods_but_its_pools() -> None:
+    objects = render(*DB, "--set", "operator.containerTasks=false", namespace="kt")
+    (role,) = of_kind(objects, "ClusterRole")
+    assert _rules(role) == {**HANDLER_TASK_RULES, **QUEUE_RULES, CRDS: {"get", "list", "watch"}}
+    env = _env(_operator(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert env["KUBETASK_CONTAINER_TASKS"]["value"] == "false"
 
 
 def test_namespaced_operator_gets_a_role_per_namespace() -> None:
