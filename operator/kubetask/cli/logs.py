@@ -36,6 +36,9 @@ from kubetask.cli import history, tasks, terminal
 
 POLL_SECONDS = 1.0
 """How often ``-f`` looks again for a pod not started yet, or for the tail of a pod that just went."""
+STATUS_WAIT_SECONDS = 10.0
+"""How long, after a followed log stream ended, the pod may take to say its container ended (a kubelet
+closes the stream when the container exits, and reports the exit a moment later)."""
 OVERLAP_MIN_BYTES = 256
 """Shortest overlap between what was streamed and the stored tail trusted as where they meet: shorter
 ones (a blank line, a repeated prompt) match by chance."""
@@ -196,12 +199,12 @@ class _Show:
                                                     terminal.EXIT_FAILED) from None
                         time.sleep(POLL_SECONDS)
                         continue
-                    if err.status != 404:  # the pod is there, its log is not (the kubelet out of reach)
+                    if self._pod() is not None:  # the pod is there, its log is not (its node out of reach)
                         unreadable = f"cannot read the log of pod {pod.metadata.name}: {message}"
                 else:
                     if not follow:
                         return terminal.EXIT_OK
-                    after = self._pod()
+                    after = self._after_stream()
                     if after is not None and _ended(after):
                         return terminal.EXIT_OK
                     if after is not None:
@@ -224,6 +227,16 @@ class _Show:
         selector = f"{model.TASK_UID_LABEL}={self.task.uid},{model.ATTEMPT_LABEL}={self.attempt.number}"
         pods = self.core.list_namespaced_pod(self.task.namespace, label_selector=selector).items
         return pods[0] if pods else None
+
+    def _after_stream(self) -> Any:
+        """The pod once it says its container ended, or None once it is gone; still running after
+        STATUS_WAIT_SECONDS, the pod as it is."""
+        deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        while True:
+            pod = self._pod()
+            if pod is None or _ended(pod) or time.monotonic() > deadline:
+                return pod
+            time.sleep(POLL_SECONDS / 5)
 
     def _stream(self, pod: str, follow: bool) -> None:
         import urllib3
