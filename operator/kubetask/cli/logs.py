@@ -72,7 +72,14 @@ def logs(args: argparse.Namespace) -> int:
                                     terminal.EXIT_NOT_FOUND)
         raise terminal.CliError(f"{what} has not started an attempt yet ({task.state}): there is no log yet",
                                 terminal.EXIT_NOT_FOUND)
-    api = tasks.api_client()._api_client()
+    import kubernetes
+
+    try:
+        api = tasks.api_client()._api_client()
+    except kubernetes.config.ConfigException:  # no kubeconfig, no in-cluster credentials
+        if not args.no_access_check:
+            raise
+        api = None  # the database's administrator without a kubeconfig: the stored tail is all there is
     try:
         if not args.no_access_check and not _may_read_pod_logs(api, namespace):
             raise terminal.CliError(
@@ -84,16 +91,17 @@ def logs(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130  # the shell's code for SIGINT: stopping a follow is no error of ours
     finally:
-        api.close()
+        if api is not None:
+            api.close()
 
 
 def handler_message(what: str, handler: str, attempt: Any) -> str:
     """Why a handler Task has no log of its own, and where its output is."""
-    where = (f"attempt {attempt.number} ran on worker pod {kubetask.logs.printable(attempt.worker_pod)} (`kubectl logs "
-             f"{kubetask.logs.printable(attempt.worker_pod)}` in the workers' namespace shows it, with the other tasks "
-             "that worker ran)" if attempt is not None else "it has not run yet")
-    return (f"{what} runs handler {kubetask.logs.printable(handler)!r}: handler Tasks' output is in the worker's logs, not "
-            f"kept per Task; {where}. `kubetask logs` is for Tasks with spec.container")
+    pod = kubetask.logs.printable(attempt.worker_pod) if attempt is not None else ""
+    where = (f"attempt {attempt.number} ran on worker pod {pod} (`kubectl logs {pod}` in the workers' namespace "
+             "shows it, with the other tasks that worker ran)" if attempt is not None else "it has not run yet")
+    return (f"{what} runs handler {kubetask.logs.printable(handler)!r}: handler Tasks' output is in the worker's "
+            f"logs, not kept per Task; {where}. `kubetask logs` is for Tasks with spec.container")
 
 
 def was_cut(tail: str) -> bool:
@@ -174,7 +182,7 @@ class _Show:
         import kubernetes
 
         self.args, self.task, self.attempt = args, task, attempt
-        self.core = kubernetes.client.CoreV1Api(api)
+        self.core = None if api is None else kubernetes.client.CoreV1Api(api)
         self.what = f"attempt {attempt.number} of Task {task.namespace}/{task.name}"
         self.shown = bytearray()
         """The end of what was printed of the live log (at most LOG_TAIL_BYTES: all the tail can overlap)."""
@@ -195,7 +203,8 @@ class _Show:
                     message = _api_message(err)
                     if err.status == 400 and "waiting to start" in message:
                         if not follow:
-                            raise terminal.CliError(f"{self.what}: {message}; -f waits for it to start",
+                            raise terminal.CliError(f"{self.what}: {kubetask.logs.printable(message)}; -f waits "
+                                                    "for it to start",
                                                     terminal.EXIT_FAILED) from None
                         time.sleep(POLL_SECONDS)
                         continue
@@ -214,8 +223,8 @@ class _Show:
                     # The pod went while followed: what is left comes from the stored tail.
             self.attempt = self._refresh()
             if self.attempt.log_tail is None and unreadable is not None:
-                raise terminal.CliError(f"{self.what}: {kubetask.logs.printable(unreadable)}, and no log tail is stored "
-                                        "in PostgreSQL yet", terminal.EXIT_FAILED)
+                raise terminal.CliError(f"{self.what}: {kubetask.logs.printable(unreadable)}, and no log tail is "
+                                        "stored in PostgreSQL yet", terminal.EXIT_FAILED)
             if self.attempt.log_tail is None and follow and self.attempt.outcome == states.Outcome.RUNNING:
                 time.sleep(POLL_SECONDS)  # the pod is not created yet, or its tail is being stored
                 continue
@@ -224,6 +233,8 @@ class _Show:
     def _pod(self) -> Any:
         from kubetask import model
 
+        if self.core is None:
+            return None
         selector = f"{model.TASK_UID_LABEL}={self.task.uid},{model.ATTEMPT_LABEL}={self.attempt.number}"
         pods = self.core.list_namespaced_pod(self.task.namespace, label_selector=selector).items
         return pods[0] if pods else None
@@ -244,6 +255,7 @@ class _Show:
         from kubetask import model
 
         # Not preloaded: the urllib3 response itself, read as the kubelet writes (the client types it str).
+        assert self.core is not None  # only a pod found through the API server is streamed
         response: Any = self.core.read_namespaced_pod_log(pod, self.task.namespace, container=model.TASK_CONTAINER,
                                                      follow=follow, _preload_content=False)
         out = sys.stdout.buffer
