@@ -417,6 +417,10 @@ class AttemptRecord(_Schema):
     """running, succeeded, failed, timeout, lost (the worker vanished), cancelled, or handed_back (worker shut down)."""
     error: str | None = None
     """`Type: message` of a failed attempt."""
+    exit_code: int | None = None
+    """The container's exit code (Tasks with spec.container); unset for handler Tasks, and when the container never started (an image that cannot be pulled, say)."""
+    reason: str | None = None
+    """Why the container attempt ended, as Kubernetes reported it: Completed, Error, OOMKilled, DeadlineExceeded, Evicted, ErrImagePull… (Tasks with spec.container). `kubetask logs` shows its output."""
 
 
 class Condition(_Schema):

@@ -38,6 +38,10 @@ class AttemptLike(_Span, Protocol):
     def error_type(self) -> str | None: ...
     @property
     def error_message(self) -> str | None: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def reason(self) -> str | None: ...
 
 
 class RowLike(_Span, Protocol):
@@ -101,6 +105,8 @@ def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
             "finishedAt": timestamp(a.finished_at),
             "outcome": a.outcome,
             "error": _truncate(f"{a.error_type}: {a.error_message or ''}" if a.error_type else None, 512),
+            "exitCode": a.exit_code,
+            "reason": _truncate(a.reason, 64),
         }
         for a in list(row.history)[-model.STATUS_HISTORY_LENGTH:]
     ]

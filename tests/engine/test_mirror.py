@@ -62,6 +62,21 @@ async def test_history_holds_the_last_ten_attempts_oldest_first(conn: db.connect
     assert row.history[-1].error_message == "try 12" and row.attempts == 12
 
 
+async def test_history_carries_a_container_attempts_exit_code_and_reason(conn: db.connection.Conn,
+                                                                        new_task) -> None:
+    task = new_task(max_retries=1)
+    await db.queue.admit(conn, [task])
+    [c] = await db.queue.claim(conn, "default", "pod-1/x", "pod-1", 1, 30)
+    await db.queue.fail(conn, c.id, "pod-1/x", c.attempt, error_type="OOMKilled", message="exit 137",
+                        traceback=None, retry_at=datetime.datetime.now(datetime.UTC))
+    # What the leader records when a container attempt's pod ends (its log tail is not the status's).
+    await conn.execute("UPDATE kubetask_attempts SET exit_code = 137, reason = 'OOMKilled', log_tail = 'x'"
+                       " WHERE task_id = %s", (c.id,))
+    [row] = await db.outbox.pending_status(conn, 10)
+    assert [(h.exit_code, h.reason) for h in row.history] == [(137, "OOMKilled")]
+    assert row.last_error == {"type": "OOMKilled", "message": "exit 137", "attempt": 1}
+
+
 async def test_pending_status_orders_by_version_and_limits(conn: db.connection.Conn, new_task) -> None:
     await db.queue.admit(conn, [new_task(name=f"t{i}") for i in range(5)])
     await db.queue.claim(conn, "default", "pod-1/x", "pod-1", 1, 30)

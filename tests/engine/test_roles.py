@@ -111,6 +111,7 @@ async def test_the_reader_role_reads_history_and_stats_and_changes_nothing(conn:
     [row] = await db.reads.find_tasks(reader, task.namespace, "read-me")
     assert row.state == "running"
     assert [a.outcome for a in await db.reads.task_history(reader, task.uid)] == ["running"]
+    assert (await db.reads.attempt_log(reader, task.uid)).outcome == "running"  # type: ignore[union-attr]
     assert [s.queue for s in await db.reads.queue_stats(reader)] == ["default"]
     assert (await db.reads.queue_depths(reader))["default"].running == 1
     for statement in ("UPDATE kubetask_tasks SET state = 'queued'", "DELETE FROM kubetask_attempts",

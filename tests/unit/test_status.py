@@ -20,6 +20,8 @@ class Attempt:
     finished_at: datetime.datetime | None = T0
     error_type: str | None = None
     error_message: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
 
 
 @dataclasses.dataclass
@@ -50,6 +52,26 @@ def test_succeeded_after_retries_shows_result_and_every_attempt() -> None:
     assert built["nextAttemptAt"] is None  # a finished task has no next attempt: the merge patch clears it
     assert {c["type"]: c["status"] for c in built["conditions"]} == {"Admitted": "True", "Finished": "True"}
     model.TaskStatus.model_validate(built)  # what we write is what the CRD schema describes
+
+
+def test_container_attempts_show_exit_code_and_reason_handler_attempts_do_not() -> None:
+    last_error = {"type": "OOMKilled", "message": "container task: exit 137", "attempt": 2}
+    row = Row("retrying", attempts=2, last_error=last_error,
+              history=[Attempt(1, "failed", error_type="Error", error_message="exit 3", exit_code=3, reason="Error"),
+                       Attempt(2, "failed", error_type="OOMKilled", error_message="container task: exit 137",
+                               exit_code=137, reason="OOMKilled"),
+                       Attempt(3, "succeeded")])
+    built = status.build(row)
+    assert [(h.get("exitCode"), h.get("reason")) for h in built["history"]] == [
+        (3, "Error"), (137, "OOMKilled"), (None, None)]
+    assert "exitCode" not in built["history"][2] and "reason" not in built["history"][2]  # unset, not null
+    assert built["lastError"]["message"] == "container task: exit 137"
+    model.TaskStatus.model_validate(built)
+
+
+def test_exit_code_zero_is_shown() -> None:
+    built = status.build(Row("succeeded", history=[Attempt(1, "succeeded", exit_code=0, reason="Completed")]))
+    assert built["history"][0]["exitCode"] == 0 and built["history"][0]["reason"] == "Completed"
 
 
 def test_retrying_shows_when_the_next_attempt_is_due() -> None:

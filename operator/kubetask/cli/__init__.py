@@ -4,6 +4,7 @@
     kubetask submit TYPE --payload JSON     create a Task (``--wait`` follows it to the end)
     kubetask get NAME | list                Tasks from the API server, as tables or -o json|yaml
     kubetask history NAME                   every attempt, from PostgreSQL (also for deleted Tasks)
+    kubetask logs NAME [--attempt N] [-f]   a container Task's output: its pod's log, else the tail in PostgreSQL
     kubetask retry NAME                     run a finished Task again (the retry annotation)
     kubetask stats                          per-queue numbers from PostgreSQL
     kubetask dead-letter list | retry       the dead letter
@@ -14,8 +15,8 @@
 
 Exit codes, for scripts: 0 success; 1 the Task failed (DeadLetter or Cancelled)
 or a runtime error; 2 bad usage or configuration; 3 not found; 4 timed out;
-5 forbidden (the API server refused, or ``history`` found you may not get
-Tasks in that namespace).
+5 forbidden (the API server refused, or ``history`` or ``logs`` found you may
+not read Tasks, or pod logs, in that namespace).
 Commands that read PostgreSQL need ``DATABASE_URL``; the others use the
 kubeconfig (``KUBECONFIG``, in-cluster credentials).
 """
@@ -27,7 +28,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from kubetask.cli import history, queues, schedules, tasks, terminal
+from kubetask.cli import history, logs, queues, schedules, tasks, terminal
 
 
 PROCESSES = ("operator", "worker")
@@ -36,11 +37,12 @@ PROCESSES = ("operator", "worker")
 
 def _configure_logging(command: str, level: str | None) -> None:
     """One log format for the whole process (``kubetask.logs``), from ``settings.LogSettings``."""
-    from kubetask import logs, settings
+    import kubetask.logs
+    from kubetask import settings
 
     chosen = settings.LogSettings.from_env()
     default = "json" if command in PROCESSES else "text"
-    logs.configure(chosen.format or default, level or chosen.level)
+    kubetask.logs.configure(chosen.format or default, level or chosen.level)
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -109,6 +111,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-access-check", action="store_true",
                    help="skip asking the API server whether you may get Tasks in the namespace (database admins "
                         "without a kubeconfig)")
+    p = command("logs", logs.logs, "a container Task's output: live from its attempt's pod, else the tail of "
+                "it stored in PostgreSQL (deleted Tasks too)")
+    p.add_argument("name", help="Task name (the newest Task of that name)")
+    p.add_argument("--attempt", type=int, metavar="N", help="this attempt (default: the latest)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="stream the log until the container ends; if the pod goes first, finish from the stored tail")
+    p.add_argument("--no-access-check", action="store_true",
+                   help="skip asking the API server whether you may get Tasks and pods/log in the namespace "
+                        "(database admins)")
     p = command("retry", tasks.retry, "run a finished Task again (fresh attempt budget, history kept)")
     p.add_argument("name")
     p = command("stats", history.stats, "per-queue numbers from PostgreSQL", ns=False, output=("json", "yaml"))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from kubetask import logs
 from kubetask.cli import terminal, tasks
+
+if TYPE_CHECKING:
+    from kubetask import db
 
 
 async def with_db(fn: Callable[[Any], Any]) -> Any:
@@ -29,7 +32,7 @@ def history(args: argparse.Namespace) -> int:
 
     namespace = "" if args.uid else tasks.namespace_of(args)
     if namespace:
-        _check_access(args, namespace)
+        check_access(args, namespace)
 
     async def run(conn: Any) -> tuple[Any, Any]:
         rows = [await db.reads.get_task(conn, args.uid)] if args.uid else await db.reads.find_tasks(
@@ -47,13 +50,7 @@ def history(args: argparse.Namespace) -> int:
     def render() -> str:
         head = logs.printable(f"Task {task.namespace}/{task.name} uid={task.uid} type={task.type} "
                               f"queue={task.queue} state={task.state} attempts={task.attempts}")
-        rows = []
-        for a in attempts:
-            took = f"{(a.finished_at - a.started_at).total_seconds():.3f}s" if a.finished_at else "running"
-            error = f"{a.error_type}: {a.error_message}" if a.error_type else ""
-            rows.append([a.number, a.worker_pod, a.started_at.strftime("%Y-%m-%d %H:%M:%S"), took, a.outcome,
-                         error[:100]])
-        text = head + "\n" + terminal.table(["#", "WORKER", "STARTED", "TOOK", "OUTCOME", "ERROR"], rows)
+        text = head + "\n" + attempt_table(task.type, attempts)
         if args.tracebacks:
             text += "".join(f"\n\n--- attempt {a.number}\n{a.traceback}" for a in attempts if a.traceback)
         return text
@@ -62,11 +59,28 @@ def history(args: argparse.Namespace) -> int:
     return terminal.EXIT_OK
 
 
+def attempt_table(task_type: str, attempts: Sequence[db.reads.AttemptRow]) -> str:
+    """One line per attempt; a container Task's also say its pod's exit code and why it ended."""
+    from kubetask import model
+
+    container = task_type == model.CONTAINER_TYPE
+    headers = ["#", "POD" if container else "WORKER", "STARTED", "TOOK", "OUTCOME"]
+    headers += ["EXIT", "REASON", "ERROR"] if container else ["ERROR"]
+    rows = []
+    for a in attempts:
+        took = f"{(a.finished_at - a.started_at).total_seconds():.3f}s" if a.finished_at else "running"
+        error = f"{a.error_type}: {a.error_message}" if a.error_type else ""
+        row: list[Any] = [a.number, a.worker_pod, a.started_at.strftime("%Y-%m-%d %H:%M:%S"), took, a.outcome]
+        row += [a.exit_code, a.reason, error[:100]] if container else [error[:100]]
+        rows.append(row)
+    return terminal.table(headers, rows)
+
+
 def _may_read(args: argparse.Namespace, namespace: str) -> bool:
     return bool(args.no_access_check or tasks.api_client().may_get_tasks(namespace))
 
 
-def _check_access(args: argparse.Namespace, namespace: str) -> None:
+def check_access(args: argparse.Namespace, namespace: str) -> None:
     """PostgreSQL holds every namespace's history: answer only where the caller may read the Tasks themselves."""
     if not _may_read(args, namespace):
         raise terminal.CliError(

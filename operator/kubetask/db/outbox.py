@@ -33,6 +33,10 @@ class HistoryEntry:
     outcome: str
     error_type: str | None
     error_message: str | None
+    exit_code: int | None = None
+    """A container attempt's exit code; None for a handler attempt, or a container that never started."""
+    reason: str | None = None
+    """Why a container attempt ended, as the kubelet said (Completed, OOMKilled…); None for a handler attempt."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,7 @@ async def pending_status(conn: Conn, limit: int) -> list[StatusRow]:
                 started_at=datetime.datetime.fromisoformat(entry["started_at"]),
                 finished_at=_timestamp(entry["finished_at"]), outcome=entry["outcome"],
                 error_type=entry["error_type"], error_message=entry["error_message"],
+                exit_code=entry["exit_code"], reason=entry["reason"],
             )
             for entry in record["history"]
         ]

@@ -1,4 +1,4 @@
-"""Reads: counts for the scaler, the metrics and ``kubetask stats``, and rows for ``kubetask history``.
+"""Reads: counts for the scaler, the metrics and ``kubetask stats``, rows for ``kubetask history`` and ``logs``.
 
 "Waiting" has one definition, ``queue_depths``: the scaler sizes pools by it,
 the metrics report it and the CLI prints it, so the three never disagree.
@@ -164,6 +164,26 @@ class AttemptRow:
     error_message: str | None
     traceback: str | None
     result: Any
+    exit_code: int | None = None
+    """A container attempt's exit code; None for a handler attempt, or a container that never started."""
+    reason: str | None = None
+    """Why a container attempt ended, as the kubelet said (Completed, Error, OOMKilled…)."""
+    log_tail: str | None = None
+    """A container attempt's log as its pod ended, the last ``model.LOG_TAIL_BYTES`` of it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AttemptLog:
+    """What ``kubetask logs`` needs of one attempt: where it ran, how it ended, and its stored log tail."""
+
+    number: int
+    worker_pod: str
+    """The attempt's pod: a container attempt's own, or the worker that ran a handler attempt."""
+    outcome: str
+    exit_code: int | None
+    reason: str | None
+    log_tail: str | None
+    """None while the pod runs (or for a handler attempt): the leader stores it when the pod ends."""
 
 
 async def get_task(conn: Conn, uid: str) -> TaskRow | None:
@@ -177,6 +197,13 @@ async def task_history(conn: Conn, uid: str) -> list[AttemptRow]:
     cursor = conn.cursor(row_factory=class_row(AttemptRow))
     await cursor.execute(QUERIES["task_history"], {"uid": uid})
     return await cursor.fetchall()
+
+
+async def attempt_log(conn: Conn, uid: str, attempt: int | None = None) -> AttemptLog | None:
+    """Attempt ``attempt`` of the task with this Task uid, or its latest when None; None when there is none."""
+    cursor = conn.cursor(row_factory=class_row(AttemptLog))
+    await cursor.execute(QUERIES["attempt_log"], {"uid": uid, "attempt": attempt})
+    return await cursor.fetchone()
 
 
 async def find_tasks(conn: Conn, namespace: str, name: str) -> list[TaskRow]:

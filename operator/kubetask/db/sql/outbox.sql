@@ -2,7 +2,9 @@
 
 -- name: pending_status
 -- The outbox: statuses behind their rows, oldest version first, each with its
--- latest attempts (oldest of them first) fetched in the same round trip.
+-- latest attempts (oldest of them first) fetched in the same round trip; a
+-- container attempt's exit code and reason come along (its log tail does not:
+-- 64 KiB per attempt is for `kubetask logs`, not for the status).
 SELECT t.id, t.uid::text AS uid, t.namespace, t.name, t.type, t.queue, t.state,
        t.attempts, t.attempts - t.budget_base AS attempts_in_budget, t.max_retries,
        t.run_at, t.worker_pod, t.created_at, t.started_at, t.finished_at, t.result, t.last_error,
@@ -12,7 +14,8 @@ LEFT JOIN LATERAL (
     SELECT json_agg(json_build_object(
                'number', a.number, 'worker_pod', a.worker_pod, 'started_at', a.started_at,
                'finished_at', a.finished_at, 'outcome', a.outcome,
-               'error_type', a.error_type, 'error_message', a.error_message)
+               'error_type', a.error_type, 'error_message', a.error_message,
+               'exit_code', a.exit_code, 'reason', a.reason)
            ORDER BY a.number) AS history
     FROM (SELECT * FROM kubetask_attempts AS a
           WHERE a.task_id = t.id ORDER BY a.number DESC LIMIT %(history)s) AS a

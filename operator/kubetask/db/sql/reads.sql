@@ -53,13 +53,24 @@ FROM kubetask_tasks
 WHERE uid = %(uid)s::uuid;
 
 -- name: task_history
--- Every attempt of a task, oldest first.
+-- Every attempt of a task, oldest first; a container attempt's exit code,
+-- reason and stored log tail too (NULL for a handler attempt).
 SELECT a.number, a.worker_pod, a.lease_owner, a.started_at, a.finished_at, a.outcome,
-       a.error_type, a.error_message, a.traceback, a.result
+       a.error_type, a.error_message, a.traceback, a.result, a.exit_code, a.reason, a.log_tail
 FROM kubetask_attempts AS a
 JOIN kubetask_tasks AS t ON t.id = a.task_id
 WHERE t.uid = %(uid)s::uuid
 ORDER BY a.number;
+
+-- name: attempt_log
+-- One attempt of a task, for `kubetask logs`: attempt %(attempt)s, or the
+-- latest when it is NULL (through the attempts' primary key, newest first).
+SELECT a.number, a.worker_pod, a.outcome, a.exit_code, a.reason, a.log_tail
+FROM kubetask_attempts AS a
+JOIN kubetask_tasks AS t ON t.id = a.task_id
+WHERE t.uid = %(uid)s::uuid AND (%(attempt)s::integer IS NULL OR a.number = %(attempt)s::integer)
+ORDER BY a.number DESC
+LIMIT 1;
 
 -- name: find_tasks
 -- Uids of the Tasks named so in a namespace, newest first: a name may have been
