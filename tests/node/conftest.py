@@ -71,6 +71,8 @@ class NodeRelease:
     real: RealNode
     namespace: str
     name: str
+    dsn: str = ""
+    """The release's database, from the host (loopback)."""
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.real.plane.kubectl("-n", self.namespace, *args, check=check, input=input)
@@ -158,6 +160,7 @@ def release(real_node: RealNode) -> Iterator[NodeRelease]:
     nodestack.database_secret(real_node.plane, real_node.pg, database, namespace)
     started = time.monotonic()
     installed = install(real_node, namespace, "kt", values(real_node, namespace))
+    installed.dsn = real_node.pg.dsn(database)
     print(f"helm install on the real node took {time.monotonic() - started:.1f}s")
     yield installed
 
