@@ -304,7 +304,9 @@ class Runner:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
 
-    def terminate(self, pod: dict[str, Any], entry: PodProcess) -> None:
+    def terminate(self, pod: dict[str, Any], entry: PodProcess, gone: bool = False) -> None:
+        """Stop the pod's process; then mark the pod exited so kwok removes it, unless it is ``gone`` already
+        (a finished pod is removed by the API server the moment it is deleted: nothing to mark)."""
         grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         with entry.lock:
             entry.stop.set()
@@ -315,6 +317,8 @@ class Runner:
         if entry.supervisor is not None:
             entry.supervisor.join(timeout=30)  # a task pod's last status goes out before the pod goes
         self.forget(pod)
+        if gone:
+            return
         try:
             # The uid is a precondition: never mark a newer pod that took the name meanwhile.
             self.api.patch_namespaced_pod(entry.name, entry.namespace, {"metadata": {
@@ -345,7 +349,7 @@ class Runner:
                 if entry.stopping:
                     return
                 entry.stopping = True
-                threading.Thread(target=self._terminate_then_drop, args=(pod, entry, key), daemon=True).start()
+                threading.Thread(target=self._terminate_then_drop, args=(pod, entry, key, deleted), daemon=True).start()
                 return
             component = (meta.get("labels") or {}).get("app.kubernetes.io/component")
             if component == TASK_COMPONENT:
@@ -364,9 +368,9 @@ class Runner:
             entry_pod = pod
             self._latest[key] = entry_pod
 
-    def _terminate_then_drop(self, pod: dict[str, Any], entry: PodProcess, key: str) -> None:
+    def _terminate_then_drop(self, pod: dict[str, Any], entry: PodProcess, key: str, gone: bool = False) -> None:
         try:
-            self.terminate(pod, entry)
+            self.terminate(pod, entry, gone)
         except Exception:
             log.exception("stopping %s", key)
         with self.lock:

@@ -177,6 +177,7 @@ async def _renew(rt: Runtime, conn: db.connection.Conn) -> None:
 async def _observe(rt: Runtime, conn: db.connection.Conn) -> None:
     state = rt.task_pods
     now = datetime.datetime.now(datetime.timezone.utc)
+    over: list[tuple[Held, pods.Ended]] = []
     for task_id, held in list(state.held.items()):
         task = held.task
         pod = state.pods.get((task.uid, task.attempt))
@@ -204,12 +205,26 @@ async def _observe(rt: Runtime, conn: db.connection.Conn) -> None:
             continue
         if seen is None:
             continue
-        tail = await _log_tail(rt, task.namespace, held.pod)
+        over.append((held, seen))
+    if not over:
+        return
+    # The API calls of the pods that ended go out together (bounded like the mirror's); the outcomes are
+    # recorded one after the other on this pass's connection.
+    limit = asyncio.Semaphore(rt.config.api_concurrency)
+
+    async def bounded(call: Any) -> Any:
+        async with limit:
+            return await call
+
+    tails = await asyncio.gather(*(bounded(_log_tail(rt, h.task.namespace, h.pod)) for h, _ in over))
+    deletes = []
+    for (held, seen), tail in zip(over, tails):
         await _finish(rt, conn, held, seen, tail)
         if not seen.succeeded and rt.config.keep_failed_pods_seconds > 0:
-            state.kept[(task.namespace, held.pod)] = time.monotonic() + rt.config.keep_failed_pods_seconds
+            state.kept[(held.task.namespace, held.pod)] = time.monotonic() + rt.config.keep_failed_pods_seconds
         else:
-            await _delete(rt, task.namespace, held.pod)
+            deletes.append(bounded(_delete(rt, held.task.namespace, held.pod)))
+    await asyncio.gather(*deletes)
 
 
 async def _log_tail(rt: Runtime, namespace: str, pod: str) -> str | None:
@@ -274,11 +289,27 @@ async def _claim(rt: Runtime, conn: db.connection.Conn) -> bool:
         room -= len(claimed)
         row = rows.get(queue)
         policy = row.policy if row is not None else model.PodPolicy()
+        limit = asyncio.Semaphore(rt.config.api_concurrency)
+        bodies = [(task, await _body(rt, conn, task, policy)) for task in claimed]
+        wanted = [(task, body) for task, body in bodies if body is not None]
+
+        async def create(task: db.queue.ClaimedTask, body: dict[str, Any]) -> kube.ApiError | None:
+            async with limit:
+                try:
+                    await rt.kube.create_pod(task.namespace, body)
+                except kube.Conflict:
+                    pass  # the attempt's pod exists (made before a restart): it is the one to follow
+                except kube.ApiError as err:
+                    return err
+                return None
+
+        errors = await asyncio.gather(*(create(task, body) for task, body in wanted))
         made: list[tuple[int, int, str]] = []
-        for task in claimed:
-            name = await _start(rt, conn, task, policy)
-            if name is not None:
-                made.append((task.id, task.attempt, name))
+        for (task, body), err in zip(wanted, errors):
+            if err is None:
+                made.append((task.id, task.attempt, body["metadata"]["name"]))
+            else:
+                await _refused_by_api(rt, conn, task, err)
         await db.containers.set_pods(conn, rt.lease_owner, made)
     return more
 
@@ -287,9 +318,9 @@ BATCH = 50
 """Most container tasks claimed from one queue in one statement."""
 
 
-async def _start(rt: Runtime, conn: db.connection.Conn, task: db.queue.ClaimedTask,
-                 policy: model.PodPolicy) -> str | None:
-    """Create the attempt's pod; the pod's name, or None when the attempt failed instead (recorded)."""
+async def _body(rt: Runtime, conn: db.connection.Conn, task: db.queue.ClaimedTask,
+                policy: model.PodPolicy) -> dict[str, Any] | None:
+    """The attempt's pod, now held; None when the policy refuses it (the attempt failed, recorded)."""
     held = Held(task, pods.pod_name(task.name, task.uid, task.attempt), time.monotonic())
     try:
         container = model.Container.model_validate(task.container or {})
@@ -300,22 +331,19 @@ async def _start(rt: Runtime, conn: db.connection.Conn, task: db.queue.ClaimedTa
     if refused is not None:
         await _refuse(rt, conn, held, *refused, permanent=True)
         return None
-    body = pods.build(pods.Attempt(task.uid, task.namespace, task.name, task.queue, task.attempt, task.payload,
-                                   task.timeout_seconds), container, policy)
     rt.task_pods.held[task.id] = held
-    try:
-        await rt.kube.create_pod(task.namespace, body)
-    except kube.Conflict:
-        pass  # the attempt's pod exists (made before a restart): it is the one to follow
-    except kube.ApiError as err:
-        rt.task_pods.held.pop(task.id, None)
-        # 403: Pod Security Admission or a ResourceQuota; 422: the API server finds the pod invalid.
-        reason = "PodForbidden" if err.status == 403 else "PodInvalid" if err.status == 422 else "PodCreateFailed"
-        quota = "exceeded quota" in err.reason
-        await _refuse(rt, conn, held, reason, f"the API server refused pod {held.pod}: {err.reason}",
-                      permanent=reason != "PodCreateFailed" and not quota)
-        return None
-    return held.pod
+    return pods.build(pods.Attempt(task.uid, task.namespace, task.name, task.queue, task.attempt, task.payload,
+                                   task.timeout_seconds), container, policy)
+
+
+async def _refused_by_api(rt: Runtime, conn: db.connection.Conn, task: db.queue.ClaimedTask,
+                          err: kube.ApiError) -> None:
+    held = rt.task_pods.held.pop(task.id)
+    # 403: Pod Security Admission or a ResourceQuota; 422: the API server finds the pod invalid.
+    reason = "PodForbidden" if err.status == 403 else "PodInvalid" if err.status == 422 else "PodCreateFailed"
+    quota = "exceeded quota" in err.reason
+    await _refuse(rt, conn, held, reason, f"the API server refused pod {held.pod}: {err.reason}",
+                  permanent=reason != "PodCreateFailed" and not quota)
 
 
 async def _refuse(rt: Runtime, conn: db.connection.Conn, held: Held, error_type: str, message: str,
