@@ -17,6 +17,13 @@ Figures (``measure`` returns the numbers; ``bench/run.py`` prints them):
    API writes come from the API server's own ``apiserver_request_total`` (every mutating verb,
    every client: the operator for Tasks, controller-manager, scheduler and kwok for Jobs,
    plus the creates themselves), before/after, minus the idle background rate.
+3. Container Tasks against Jobs, pod for pod. N container Tasks (``spec.container``: busybox,
+   ``true``), each attempt a pod the operator's leader creates, follows and deletes, then N Jobs whose
+   pod runs the same container, by the same creators on the same control plane. Both pods get a real
+   local process from the pod harness, which writes their exit (the Jobs' pods carry the task-pod
+   labels the harness runs, which also keeps kwok's ``job-pod-complete`` stage off them), so neither
+   side has a fake completion the other lacks. Measured as figure 2 is; a pod watch times each unit's
+   pod (created, ended, deleted) to show where a unit's time goes.
 4. Scale from zero: a pool at 0 replicas, one Task created → Deployment ``spec.replicas`` ≥ 1
    (watched), and → Succeeded (which includes starting a worker process).
 6. Operator footprint: RSS and CPU time (psutil) of the operator process while M Tasks are
@@ -58,6 +65,13 @@ CONCURRENCY = 16
 """Tasks per worker pod."""
 CREATORS = 16
 """Concurrent API clients creating Tasks or Jobs (the same for both)."""
+CONTAINER_MAX_PODS = 200
+"""``KUBETASK_CONTAINER_MAX_PODS`` of the operator: the product's default, set explicitly so the
+figure names what it ran with. Jobs have no such bound (the Job controller makes every pod at once)."""
+PODS_PER_NODE = 250
+"""The kwok nodes' pod capacity (``kwok-stages.yaml``); finished Job pods stay and count against it."""
+TASK_POD_LABELS = {"app.kubernetes.io/part-of": "kubetask", "app.kubernetes.io/component": "task"}
+"""What makes the pod harness run a pod's command once and write its exit (``podrunner.TASK_COMPONENT``)."""
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"}
 JOBS_PEER = "Kubernetes Jobs"
 
@@ -68,11 +82,13 @@ class Sizes:
     jobs: int
     footprint: int
     scale_reps: int
+    containers: int
+    """N of figure 3: container Tasks, and as many Jobs."""
 
     @classmethod
     def of(cls, quick: bool) -> "Sizes":
-        return cls(tasks=200, jobs=200, footprint=2000, scale_reps=1) if quick else \
-            cls(tasks=1000, jobs=1000, footprint=10_000, scale_reps=3)
+        return cls(tasks=200, jobs=200, footprint=2000, scale_reps=1, containers=150) if quick else \
+            cls(tasks=1000, jobs=1000, footprint=10_000, scale_reps=3, containers=1000)
 
 
 def _log(message: str) -> None:
@@ -136,8 +152,10 @@ class Api:
                 future.result()
         return sent
 
-    def write_counts(self) -> collections.Counter[tuple[str, str]]:
-        """(resource[/subresource], verb) → mutating requests served so far, from ``/metrics``."""
+    def write_counts(self, refused: bool = False) -> collections.Counter[tuple[str, str]]:
+        """(resource[/subresource], verb) → mutating requests served so far, from ``/metrics``.
+
+        ``refused``: only those answered with a 4xx or 5xx (a 404 on a pod already gone, say)."""
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
         for line in self.request("GET", "/metrics").splitlines():
             if not line.startswith("apiserver_request_total{"):
@@ -146,11 +164,34 @@ class Api:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', labels_text))
             if labels.get("verb") not in WRITE_VERBS:
                 continue
+            if refused and not labels.get("code", "").startswith(("4", "5")):
+                continue
             resource = labels.get("resource", "")
             if labels.get("subresource"):
                 resource += "/" + labels["subresource"]
             counts[(resource, labels["verb"])] += int(float(value))
         return counts
+
+
+    def request_seconds(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(resource[/subresource], verb) → (requests, seconds the API server spent on them) so far.
+
+        Long-running requests (watches, ``pods/log``) are not in this histogram."""
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        seconds: dict[tuple[str, str], float] = collections.defaultdict(float)
+        for line in self.request("GET", "/metrics").splitlines():
+            name, _, rest = line.partition("{")
+            if name not in ("apiserver_request_duration_seconds_sum", "apiserver_request_duration_seconds_count"):
+                continue
+            labels_text, _, value = rest.rpartition("} ")
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', labels_text))
+            resource = labels.get("resource", "") + ("/" + labels["subresource"] if labels.get("subresource") else "")
+            key = (resource, labels.get("verb", ""))
+            if name.endswith("_sum"):
+                seconds[key] += float(value)
+            else:
+                counts[key] += int(float(value))
+        return {key: (counts[key], seconds[key]) for key in counts}
 
 
 class Watch(threading.Thread):
@@ -262,7 +303,8 @@ class Bench:
     work: pathlib.Path
 
     @classmethod
-    def start(cls, work: pathlib.Path, nodes: int, before_operator: Callable[[controlplane.ControlPlane], None] | None = None) -> "Bench":
+    def start(cls, work: pathlib.Path, nodes: int, before_operator: Callable[[controlplane.ControlPlane], None] | None = None,
+              operator_env: dict[str, str] | None = None) -> "Bench":
         """Everything up; ``before_operator`` runs once the CRD is installed, before the operator starts."""
         plane = controlplane.ControlPlane.start(work / "cluster", nodes=nodes)
         pg: postgres.PostgresServer | None = None
@@ -275,7 +317,7 @@ class Bench:
             warm = devstack.worker_deployment(POOL, min_replicas=WORKERS, max_replicas=WORKERS,
                                               concurrency=CONCURRENCY)
             plane.kubectl("apply", "-f", "-", input=json.dumps(warm))
-            operator = devstack.DevStack.start_operator(plane, dsn, work / "operator")
+            operator = devstack.DevStack.start_operator(plane, dsn, work / "operator", operator_env)
             return cls(plane, pg, dsn, operator, Api(plane), work)
         except BaseException:
             if pg is not None:
@@ -342,6 +384,26 @@ def job_body(name: str) -> bytes:
     }).encode()
 
 
+CONTAINER = {"image": "busybox:1.36", "command": ["true"]}
+"""What both sides of figure 3 run."""
+
+
+def container_task_body(name: str) -> bytes:
+    return json.dumps({"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": name},
+                       "spec": {"queue": POOL, "container": CONTAINER}}).encode()
+
+
+def harness_job_body(name: str) -> bytes:
+    """A Job whose pod is run as a task pod is: the harness's labels, no token, no Service links."""
+    return json.dumps({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": {
+            "metadata": {"labels": TASK_POD_LABELS},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "enableServiceLinks": False,
+                     "containers": [{"name": "task", **CONTAINER}]}}},
+    }).encode()
+
+
 def _delta(after: collections.Counter[tuple[str, str]], before: collections.Counter[tuple[str, str]]
            ) -> collections.Counter[tuple[str, str]]:
     out = collections.Counter(after)
@@ -367,6 +429,8 @@ def cpu_by_component() -> collections.Counter[str]:
         name = info.get("name") or ""
         if info["pid"] == me:
             key = "bench client"
+        elif "kubetask_dev.podrunner" in cmd:
+            key = "pod harness"
         elif "kubetask operator" in cmd:
             key = "operator"
         elif "kubetask worker" in cmd:
@@ -517,6 +581,164 @@ def run_jobs(b: Bench, n: int, background: float) -> dict[str, Any]:
     }
 
 
+# -- figure 3: container Tasks against Jobs, both pods run by the harness ----------------------
+
+
+class PodTracker:
+    """Per unit (the Task or Job a pod is for): when its pod was first seen, seen ended, seen deleted.
+
+    Also the most pods seen at once between creation and their end, and the units whose pod ended with
+    the harness's container id (a real process ran it, not a kwok stage)."""
+
+    def __init__(self, unit_of: Callable[[dict[str, Any]], str | None]) -> None:
+        self.unit_of = unit_of
+        self.seen: dict[str, dict[str, float]] = collections.defaultdict(dict)
+        self.live: set[str] = set()
+        self.in_flight_max = 0
+        self.harness_run: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, kind: str, obj: dict[str, Any], received: float) -> None:
+        unit = self.unit_of(obj)
+        if unit is None:
+            return
+        uid = obj["metadata"]["uid"]
+        status = obj.get("status") or {}
+        with self.lock:
+            times = self.seen[unit]
+            if "created" not in times:
+                times["created"] = received
+                self.live.add(uid)
+            if status.get("phase") in ("Succeeded", "Failed") and "ended" not in times:
+                times["ended"] = received
+                self.live.discard(uid)
+                for container in status.get("containerStatuses") or []:
+                    terminated = (container.get("state") or {}).get("terminated") or {}
+                    if str(terminated.get("containerID", "")).startswith("harness://"):
+                        self.harness_run.add(unit)
+            if kind == "DELETED":
+                times.setdefault("deleted", received)
+                self.live.discard(uid)
+            self.in_flight_max = max(self.in_flight_max, len(self.live))
+
+    def count(self, what: str) -> int:
+        with self.lock:
+            return sum(1 for times in self.seen.values() if what in times)
+
+
+def _stages(names: list[str], sent: list[float], pods: PodTracker, done: list[float]) -> dict[str, float]:
+    """p50 (ms) of each stage of a unit's life: create sent → pod seen → pod ended → unit done."""
+    created = [pods.seen[n]["created"] for n in names]
+    ended = [pods.seen[n]["ended"] for n in names]
+    return {
+        "to_pod_p50": percentile([(c - s) * 1000 for c, s in zip(created, sent)], 50),
+        "pod_run_p50": percentile([(e - c) * 1000 for e, c in zip(ended, created)], 50),
+        "to_done_p50": percentile([(d - e) * 1000 for d, e in zip(done, ended)], 50),
+        "to_done_p99": percentile([(d - e) * 1000 for d, e in zip(done, ended)], 99),
+    }
+
+
+def _server_seconds(after: dict[tuple[str, str], tuple[int, float]], before: dict[tuple[str, str], tuple[int, float]],
+                    keys: Iterable[tuple[str, str]]) -> str:
+    """Mean server-side milliseconds of the given requests between two ``request_seconds`` readings."""
+    parts = []
+    for key in keys:
+        count = after.get(key, (0, 0.0))[0] - before.get(key, (0, 0.0))[0]
+        seconds = after.get(key, (0, 0.0))[1] - before.get(key, (0, 0.0))[1]
+        if count:
+            parts.append(f"{key[1]} {key[0]} {seconds / count * 1000:.1f} ms × {count}")
+    return ", ".join(parts)
+
+
+OPERATOR_REQUESTS = [("pods", "POST"), ("pods", "DELETE"), ("tasks/status", "PATCH"), ("pods/status", "PATCH"),
+                     ("pods/binding", "POST"), ("jobs/status", "PUT"), ("pods", "PATCH")]
+"""The requests whose server-side time the notes of figure 3 give."""
+
+
+def run_container_tasks(b: Bench, n: int, background: float) -> dict[str, Any]:
+    ns = b.namespace("bench-containers")
+    path = f"/apis/kubetask.io/v1alpha1/namespaces/{ns}/tasks"
+    names = [f"c{i:05d}" for i in range(n)]
+    tracker = Tracker(task_phase)
+    watch = Watch(b.api, path, tracker)
+    pods = PodTracker(lambda pod: ((pod["metadata"].get("annotations") or {}).get("kubetask.io/task")))
+    pod_watch = Watch(b.api, f"/api/v1/namespaces/{ns}/pods", pods)
+    watch.start()
+    pod_watch.start()
+    before, seconds_before = b.api.write_counts(), b.api.request_seconds()
+    refused_before = b.api.write_counts(refused=True)
+    cpu_before = cpu_by_component()
+    t0 = time.monotonic()
+    sent = b.api.create_many(path, [container_task_body(name) for name in names])
+    create_s = time.monotonic() - t0
+    tracker.wait("Succeeded", n, 900, watch)
+    cpu = _cpu_note(cpu_before, cpu_by_component(), time.monotonic() - t0)
+    done_at = [tracker.seen[name]["Succeeded"] for name in names]
+    wall = max(done_at) - min(sent)
+    devstack.wait_for(b.outbox_empty, 60, "the status outbox to drain")
+    devstack.wait_for(lambda: pods.count("deleted") >= n, 120, "every task pod to be deleted")
+    time.sleep(2)  # trailing Events
+    window = time.monotonic() - t0
+    writes = _delta(b.api.write_counts(), before)
+    refused = _delta(b.api.write_counts(refused=True), refused_before)
+    server = _server_seconds(b.api.request_seconds(), seconds_before, OPERATOR_REQUESTS)
+    watch.stop()
+    pod_watch.stop()
+    [(attempts, exited_0)] = b.sql(
+        "SELECT count(*), count(*) FILTER (WHERE a.exit_code = 0) FROM kubetask_attempts a"
+        " JOIN kubetask_tasks t ON t.id = a.task_id WHERE t.namespace = %s", ns)
+    done = [(d - s) * 1000 for d, s in zip(done_at, sent)]
+    return {
+        "n": n, "per_s": n / wall, "wall_s": wall, "create_s": create_s,
+        "done_p50": percentile(done, 50), "done_p99": percentile(done, 99),
+        "writes_per_unit": (sum(writes.values()) - background * window) / n,
+        "breakdown": _breakdown(writes, n), "cpu": cpu, "server": server,
+        "refused_per_unit": sum(refused.values()) / n, "refused": _breakdown(refused, n),
+        "stages": _stages(names, sent, pods, done_at), "in_flight_max": pods.in_flight_max,
+        "harness_run": len(pods.harness_run), "attempts": attempts, "exited_0": exited_0,
+    }
+
+
+def run_harness_jobs(b: Bench, n: int, background: float) -> dict[str, Any]:
+    """``run_jobs``, with each Job's pod run by the harness as a task pod is (``harness_job_body``)."""
+    ns = b.namespace("bench-jobs-harness")
+    path = f"/apis/batch/v1/namespaces/{ns}/jobs"
+    names = [f"h{i:05d}" for i in range(n)]
+    tracker = Tracker(job_phase)
+    watch = Watch(b.api, path, tracker)
+    pods = PodTracker(lambda pod: (pod["metadata"].get("labels") or {}).get("job-name"))
+    pod_watch = Watch(b.api, f"/api/v1/namespaces/{ns}/pods", pods)
+    watch.start()
+    pod_watch.start()
+    before, seconds_before = b.api.write_counts(), b.api.request_seconds()
+    refused_before = b.api.write_counts(refused=True)
+    cpu_before = cpu_by_component()
+    t0 = time.monotonic()
+    sent = b.api.create_many(path, [harness_job_body(name) for name in names])
+    create_s = time.monotonic() - t0
+    tracker.wait("Complete", n, 900, watch)
+    cpu = _cpu_note(cpu_before, cpu_by_component(), time.monotonic() - t0)
+    complete_at = [tracker.seen[name]["Complete"] for name in names]
+    wall = max(complete_at) - min(sent)
+    time.sleep(3)  # trailing Events, pod finalizer removals
+    window = time.monotonic() - t0
+    writes = _delta(b.api.write_counts(), before)
+    refused = _delta(b.api.write_counts(refused=True), refused_before)
+    server = _server_seconds(b.api.request_seconds(), seconds_before, OPERATOR_REQUESTS)
+    watch.stop()
+    pod_watch.stop()
+    done = [(c - s) * 1000 for c, s in zip(complete_at, sent)]
+    return {
+        "n": n, "per_s": n / wall, "wall_s": wall, "create_s": create_s,
+        "done_p50": percentile(done, 50), "done_p99": percentile(done, 99),
+        "writes_per_unit": (sum(writes.values()) - background * window) / n,
+        "breakdown": _breakdown(writes, n), "failed": tracker.count["Failed"], "cpu": cpu, "server": server,
+        "refused_per_unit": sum(refused.values()) / n, "refused": _breakdown(refused, n),
+        "stages": _stages(names, sent, pods, complete_at), "in_flight_max": pods.in_flight_max,
+        "harness_run": len(pods.harness_run),
+    }
+
+
 # -- figure 4: scale from zero ------------------------------------------------------------
 
 
@@ -624,16 +846,20 @@ def run_footprint(b: Bench, n: int) -> dict[str, float]:
 # -- entry points ---------------------------------------------------------------------------
 
 
-PHASES = ("e2e", "zero", "footprint")
+PHASES = ("e2e", "containers", "zero", "footprint")
 
 
 def measure(quick: bool, report: Callable[[Figure], None], sizes: Sizes | None = None,
             phases: Iterable[str] = PHASES) -> dict[str, float]:
     sizes = sizes or Sizes.of(quick)
     phases = set(phases)
-    command = "python -m bench.e2e" + (" --quick" if quick else "")
-    # Job pods count against the fake nodes' 250-pod capacity until they are gone: enough nodes for all.
-    nodes = max(2, math.ceil(sizes.jobs / 250) + 1 if "e2e" in phases else 2)
+    command = "python -m bench.e2e" + (" --quick" if quick else "") + (
+        f" --phases {','.join(p for p in PHASES if p in phases)}" if phases != set(PHASES) else "")
+    # Job pods count against the fake nodes' pod capacity until they are gone, and up to
+    # CONTAINER_MAX_PODS task pods are in flight: enough nodes for all, and one to spare.
+    pods = (sizes.jobs if "e2e" in phases else 0) + \
+        (sizes.containers + CONTAINER_MAX_PODS if "containers" in phases else 0)
+    nodes = max(2, math.ceil(pods / PODS_PER_NODE) + 1)
     keys: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="kubetask-bench-e2e-") as tmp:
         work = pathlib.Path(tmp)
@@ -641,7 +867,8 @@ def measure(quick: bool, report: Callable[[Figure], None], sizes: Sizes | None =
         ceiling: list[float] = []
         b = Bench.start(work, nodes, before_operator=(
             (lambda plane: ceiling.append(run_create_ceiling(plane, sizes.tasks)))
-            if "e2e" in phases else None))
+            if "e2e" in phases else None),
+            operator_env={"KUBETASK_CONTAINER_MAX_PODS": str(CONTAINER_MAX_PODS)})
         try:
             b.wait_warm()
             background = _background_rate(b.api)
@@ -659,6 +886,16 @@ def measure(quick: bool, report: Callable[[Figure], None], sizes: Sizes | None =
                     jobs = run_jobs(b, sizes.jobs, background)
                     _log(f"jobs: {jobs}")
                     keys.update(_report_e2e(report, command, tasks, jobs, background, ceiling[0]))
+            if "containers" in phases and sizes.containers:
+                began = time.monotonic()
+                containers = run_container_tasks(b, sizes.containers, background)
+                _log(f"container tasks: {containers}")
+                earlier += sizes.containers
+                harness_jobs = run_harness_jobs(b, sizes.containers, background)
+                _log(f"jobs, pods run by the harness: {harness_jobs}")
+                took = time.monotonic() - began
+                _log(f"container Tasks vs Jobs took {took:.0f} s")
+                keys.update(_report_containers(report, command, containers, harness_jobs, background, nodes, took))
             if "zero" in phases:
                 zero = run_scale_from_zero(b, sizes.scale_reps)
                 keys.update(_report_zero(report, command, zero))
@@ -735,6 +972,75 @@ def _report_e2e(report: Callable[[Figure], None], command: str, tasks: dict[str,
     }
 
 
+def _report_containers(report: Callable[[Figure], None], command: str, tasks: dict[str, Any], jobs: dict[str, Any],
+                       background: float, nodes: int, took: float) -> dict[str, float]:
+    n = tasks["n"]
+    for side, numbers in (("container Task", tasks), ("Job", jobs)):
+        if numbers["harness_run"] < n:
+            raise RuntimeError(f"only {numbers['harness_run']}/{n} {side} pods ended with the harness's container id: "
+                               "something else completed them, and the figure would not compare like with like")
+    if tasks["exited_0"] < n:
+        raise RuntimeError(f"{tasks['exited_0']}/{n} container Tasks recorded exit code 0 ({tasks['attempts']} attempts)")
+    ratio = tasks["per_s"] / jobs["per_s"]
+    setup = (f"{n} container Tasks (busybox:1.36, command true), then {jobs['n']} Jobs whose pod runs the same, from "
+             f"{CREATORS} concurrent API creators on the same control plane ({nodes} kwok nodes × {PODS_PER_NODE} pods); "
+             "both kinds of pod get a real local process from the pod harness, which writes the exit code into the "
+             f"pod's status (checked: {tasks['harness_run']}/{n} Task pods and {jobs['harness_run']}/{n} Job pods ended "
+             "with the harness's container id): the Jobs' pod template carries the task-pod labels "
+             "(app.kubernetes.io/part-of=kubetask, component=task) the harness runs and kwok's job-pod-complete stage "
+             "skips, no token and no Service links, as a task pod has. The operator runs with "
+             f"KUBETASK_CONTAINER_MAX_PODS={CONTAINER_MAX_PODS} (most pods seen in flight: {tasks['in_flight_max']}); "
+             f"the Job controller has no such bound (most seen: {jobs['in_flight_max']}). A container Task's pod is "
+             "deleted once its attempt is recorded (those writes are counted); a Job's pod stays until its Job is "
+             "deleted (not counted)")
+    stages = (f"p50 by stage, create sent → pod seen → pod ended → done: container Tasks "
+              f"{tasks['stages']['to_pod_p50']:.0f} / {tasks['stages']['pod_run_p50']:.0f} / "
+              f"{tasks['stages']['to_done_p50']:.0f} ms (pod ended → Succeeded p99 {tasks['stages']['to_done_p99']:.0f}); "
+              f"Jobs {jobs['stages']['to_pod_p50']:.0f} / {jobs['stages']['pod_run_p50']:.0f} / "
+              f"{jobs['stages']['to_done_p50']:.0f} ms (pod ended → Complete p99 {jobs['stages']['to_done_p99']:.0f})")
+    report(Figure(
+        "container Tasks vs Jobs, pods run by the harness: throughput", "tasks/s", tasks["per_s"],
+        {JOBS_PEER: jobs["per_s"]},
+        f"{setup}; first create sent → last Succeeded/Complete seen on a watch; the creates alone took "
+        f"{tasks['create_s']:.2f} s (Tasks) and {jobs['create_s']:.2f} s (Jobs). CPU by process, container Tasks: "
+        f"{tasks['cpu']}; Jobs: {jobs['cpu']}",
+        command=command, target=">= 2x Kubernetes Jobs", met=ratio >= 2))
+    report(Figure(
+        "container Tasks: create → Succeeded p50 (Jobs: create → Complete)", "ms", tasks["done_p50"],
+        {JOBS_PEER: jobs["done_p50"]},
+        f"p99 {tasks['done_p99']:.0f} ms, Jobs p99 {jobs['done_p99']:.0f} ms; {stages}; in a burst of {n} each",
+        command=command, higher_is_better=False))
+    report(Figure(
+        "container Tasks: API writes per unit of work", "writes", tasks["writes_per_unit"],
+        {JOBS_PEER: jobs["writes_per_unit"]},
+        "apiserver_request_total before/after, every mutating verb from every client (the create, the operator's "
+        "pod create and delete and Task status patches, the scheduler's bindings, the harness's pod status, the Job "
+        f"controller), minus the idle background ({background:.1f}/s). Per container Task: {tasks['breakdown']}. "
+        f"Per Job: {jobs['breakdown']}. Of these, answered 4xx/5xx: per container Task {tasks['refused_per_unit']:.2f} "
+        f"({tasks['refused'] or 'none'}), per Job {jobs['refused_per_unit']:.2f} ({jobs['refused'] or 'none'}); the "
+        "harness marks a deleted task pod as exited (PATCH pods) even when the API server already removed it, a "
+        "finished pod being deleted at once: a 404 a kubelet would not cause. "
+        f"Mean time in the API server, container Tasks: {tasks['server']}; "
+        f"Jobs: {jobs['server']}",
+        command=command, target="< Kubernetes Jobs", met=tasks["writes_per_unit"] < jobs["writes_per_unit"],
+        higher_is_better=False))
+    return {
+        "container_tasks_per_s": tasks["per_s"],
+        "container_vs_jobs": ratio,
+        "api_writes_per_container_task": tasks["writes_per_unit"],
+        "container_create_to_done_p50_ms": tasks["done_p50"],
+        "container_create_to_done_p99_ms": tasks["done_p99"],
+        "container_jobs_per_s": jobs["per_s"],
+        "container_job_create_to_complete_p50_ms": jobs["done_p50"],
+        "container_job_create_to_complete_p99_ms": jobs["done_p99"],
+        "api_writes_per_container_job": jobs["writes_per_unit"],
+        "api_refused_writes_per_container_task": tasks["refused_per_unit"],
+        "container_max_pods": float(CONTAINER_MAX_PODS),
+        "container_pods_in_flight_max": float(tasks["in_flight_max"]),
+        "container_vs_jobs_seconds": took,
+    }
+
+
 def _report_zero(report: Callable[[Figure], None], command: str, zero: dict[str, list[float]]) -> dict[str, float]:
     scaled, succeeded = median(zero["scaled"]), median(zero["succeeded"])
     report(Figure(
@@ -766,17 +1072,19 @@ def _report_footprint(report: Callable[[Figure], None], command: str, foot: dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="200 Tasks/Jobs, 2,000 for the footprint")
+    parser.add_argument("--quick", action="store_true", help="200 Tasks/Jobs, 150 container Tasks/Jobs, 2,000 for the footprint")
     parser.add_argument("--tasks", type=int, help="override N for figure 2 (Tasks)")
     parser.add_argument("--jobs", type=int, help="override N for figure 2 (Jobs)")
     parser.add_argument("--footprint", type=int, help="override the Task count of figure 6")
     parser.add_argument("--scale-reps", type=int, help="override the repetitions of figure 4")
+    parser.add_argument("--containers", type=int, help="override N for figure 3 (container Tasks, and as many Jobs)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (with --jobs 0: Tasks only, for A/B runs)")
     args = parser.parse_args(argv)
     base = Sizes.of(args.quick)
     sizes = Sizes(tasks=args.tasks or base.tasks, jobs=base.jobs if args.jobs is None else args.jobs,
-                  footprint=args.footprint or base.footprint, scale_reps=args.scale_reps or base.scale_reps)
+                  footprint=args.footprint or base.footprint, scale_reps=args.scale_reps or base.scale_reps,
+                  containers=base.containers if args.containers is None else args.containers)
 
     def report(figure: Figure) -> None:
         peers = ", ".join(f"{k} {v:.4g}" for k, v in figure.peers.items())

@@ -56,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts: about 2 minutes instead of 15")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
+    parser.add_argument("--e2e-phases", help="with the e2e part: only these of its phases, comma-separated "
+                        "(bench.e2e.PHASES: e2e, containers, zero, footprint)")
     parser.add_argument("--output", type=pathlib.Path, default=common.RESULTS,
                         help="folder for latest.json and latest.png (default bench/results)")
     args = parser.parse_args(argv)
     command = "python -m bench.run" + (" --quick" if args.quick else "") + "".join(
-        f" --only {part}" for part in args.only or ())
+        f" --only {part}" for part in args.only or ()) + (f" --e2e-phases {args.e2e_phases}" if args.e2e_phases else "")
     meta: dict[str, Any] = {
         "quick": args.quick,
         "command": command,
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         try:
             module = importlib.import_module(f"bench.{part}")
-            keys.update(module.measure(args.quick, report))
+            options = {"phases": args.e2e_phases.split(",")} if part == "e2e" and args.e2e_phases else {}
+            keys.update(module.measure(args.quick, report, **options))
         except Exception:
             traceback.print_exc()
             failed.append(part)
