@@ -349,7 +349,10 @@ class Runner:
                 if entry.stopping:
                     return
                 entry.stopping = True
-                threading.Thread(target=self._terminate_then_drop, args=(pod, entry, key, deleted), daemon=True).start()
+                # A finished pod deleted with no grace is removed by the API server itself: nothing to mark.
+                gone = deleted or (meta.get("deletionGracePeriodSeconds") == 0
+                                   and pod.get("status", {}).get("phase") in ("Succeeded", "Failed"))
+                threading.Thread(target=self._terminate_then_drop, args=(pod, entry, key, gone), daemon=True).start()
                 return
             component = (meta.get("labels") or {}).get("app.kubernetes.io/component")
             if component == TASK_COMPONENT:
