@@ -183,7 +183,8 @@ def test_max_running_and_priority_hold_for_300_container_tasks(e2e: Stack, names
         assert row["done"] == 300, f"{row['done']}/300 succeeded"
         assert samples >= 10 and 0 < most_running <= limit and most_pods <= limit, (most_running, most_pods)
         started = e2e.sql("SELECT t.priority FROM kubetask_attempts a JOIN kubetask_tasks t ON t.id = a.task_id"
-                          " WHERE t.queue = %s ORDER BY a.started_at, a.task_id", name)
+                          # One claim's tasks share its started_at: within it, the claim's own (priority) order.
+                          " WHERE t.queue = %s ORDER BY a.started_at, t.priority DESC", name)
         order = [r["priority"] for r in started]
         assert order == sorted(order, reverse=True), "every higher-priority task started before any lower one"
     finally:

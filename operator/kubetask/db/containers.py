@@ -10,6 +10,7 @@ attempts by a new leader.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from kubetask.db import sql
 from kubetask.db.connection import Conn
@@ -33,13 +34,25 @@ async def set_pods(conn: Conn, lease_owner: str, pods: Sequence[tuple[int, int, 
         "lease_owner": lease_owner})
 
 
-async def record_exit(conn: Conn, task_id: int, attempt: int, lease_owner: str, *, exit_code: int | None,
-                      reason: str, log_tail: str | None) -> None:
-    """How the attempt's container ended; call in the transaction that records the attempt's outcome."""
+class Exit(NamedTuple):
+    """How one attempt's container ended."""
+
+    task_id: int
+    attempt: int
+    exit_code: int | None
+    reason: str
+    log_tail: str | None
+
+
+async def record_exit(conn: Conn, lease_owner: str, exits: Sequence[Exit]) -> None:
+    """How the attempts' containers ended; call in the transaction that records the attempts' outcomes."""
+    if not exits:
+        return
     await conn.execute(QUERIES["record_exit"], {
-        "task_id": task_id, "attempt": attempt, "lease_owner": lease_owner, "exit_code": exit_code,
-        "reason": clean_text(reason, 200), "log_tail": None if log_tail is None else log_tail.replace("\x00", "\\x00"),
-    })
+        "task_id": [e.task_id for e in exits], "attempt": [e.attempt for e in exits],
+        "exit_code": [e.exit_code for e in exits], "reason": [clean_text(e.reason, 200) for e in exits],
+        "log_tail": [None if e.log_tail is None else e.log_tail.replace("\x00", "\\x00") for e in exits],
+        "lease_owner": lease_owner})
 
 
 async def adopt(conn: Conn, lease_owner: str, lease_seconds: float,

@@ -217,9 +217,12 @@ async def _observe(rt: Runtime, conn: db.connection.Conn) -> None:
             return await call
 
     tails = await asyncio.gather(*(bounded(_log_tail(rt, h.task.namespace, h.pod)) for h, _ in over))
+    # Successes in one transaction of two statements, however many; each failure has its own retry decision.
+    await _succeed(rt, conn, [(held, seen, tail) for (held, seen), tail in zip(over, tails) if seen.succeeded])
     deletes = []
     for (held, seen), tail in zip(over, tails):
-        await _finish(rt, conn, held, seen, tail)
+        if not seen.succeeded:
+            await _finish(rt, conn, held, seen, tail)
         if not seen.succeeded and rt.config.keep_failed_pods_seconds > 0:
             state.kept[(held.task.namespace, held.pod)] = time.monotonic() + rt.config.keep_failed_pods_seconds
         else:
@@ -236,17 +239,32 @@ async def _log_tail(rt: Runtime, namespace: str, pod: str) -> str | None:
     return raw.decode("utf-8", "replace")
 
 
+def _exit(held: Held, ended: pods.Ended, tail: str | None) -> db.containers.Exit:
+    return db.containers.Exit(held.task.id, held.task.attempt, ended.exit_code, ended.reason, tail)
+
+
+async def _succeed(rt: Runtime, conn: db.connection.Conn, done: list[tuple[Held, pods.Ended, str | None]]) -> None:
+    """Record succeeded attempts (exit code, reason, log tail, outcome) in one transaction."""
+    if not done:
+        return
+    for held, _, _ in done:
+        rt.task_pods.held.pop(held.task.id, None)
+    async with conn.transaction():
+        await db.containers.record_exit(conn, rt.lease_owner, [_exit(*item) for item in done])
+        await db.queue.complete_many(conn, rt.lease_owner,
+                                     [(held.task.id, held.task.attempt, {"exitCode": 0}) for held, _, _ in done])
+
+
 async def _finish(rt: Runtime, conn: db.connection.Conn, held: Held, ended: pods.Ended, tail: str | None,
                   lost: bool = False) -> None:
     """Record the attempt's end (exit code, reason, log tail and outcome) in one transaction."""
+    if ended.succeeded:
+        await _succeed(rt, conn, [(held, ended, tail)])
+        return
     task = held.task
     rt.task_pods.held.pop(task.id, None)
     async with conn.transaction():
-        await db.containers.record_exit(conn, task.id, task.attempt, rt.lease_owner, exit_code=ended.exit_code,
-                                        reason=ended.reason, log_tail=tail)
-        if ended.succeeded:
-            await db.queue.complete(conn, task.id, rt.lease_owner, task.attempt, {"exitCode": 0})
-            return
+        await db.containers.record_exit(conn, rt.lease_owner, [_exit(held, ended, tail)])
         permanent = ended.permanent or (ended.exit_code is not None and ended.exit_code in task.permanent_exit_codes)
         decision = retry.decide(task.attempt_in_budget, task.max_retries, task.backoff, permanent,
                                 datetime.datetime.now(datetime.timezone.utc), _rng)
@@ -314,8 +332,8 @@ async def _claim(rt: Runtime, conn: db.connection.Conn) -> bool:
     return more
 
 
-BATCH = 50
-"""Most container tasks claimed from one queue in one statement."""
+BATCH = 200
+"""Most container tasks claimed from one queue in one statement (and no more than there is room for)."""
 
 
 async def _body(rt: Runtime, conn: db.connection.Conn, task: db.queue.ClaimedTask,

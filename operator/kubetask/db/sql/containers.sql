@@ -39,12 +39,16 @@ FROM task
 WHERE a.task_id = task.id AND a.number = task.attempts;
 
 -- name: record_exit
--- How an attempt's container ended, written just before the attempt's outcome (same transaction),
--- while this leader still holds the attempt's lease.
+-- How attempts' containers ended, written just before the attempts' outcomes (same transaction), for the
+-- attempts this leader still holds the lease of.
+WITH ended AS (
+    SELECT * FROM unnest(%(task_id)s::bigint[], %(attempt)s::integer[], %(exit_code)s::integer[],
+                         %(reason)s::text[], %(log_tail)s::text[]) AS e (task_id, attempt, exit_code, reason, log_tail)
+)
 UPDATE kubetask_attempts AS a
-SET exit_code = %(exit_code)s, reason = %(reason)s, log_tail = %(log_tail)s
-FROM kubetask_tasks AS t
-WHERE t.id = %(task_id)s AND t.attempts = %(attempt)s AND t.lease_owner = %(lease_owner)s AND t.state = 'running'
+SET exit_code = e.exit_code, reason = e.reason, log_tail = e.log_tail
+FROM ended AS e, kubetask_tasks AS t
+WHERE t.id = e.task_id AND t.attempts = e.attempt AND t.lease_owner = %(lease_owner)s AND t.state = 'running'
   AND a.task_id = t.id AND a.number = t.attempts;
 
 -- name: adopt
