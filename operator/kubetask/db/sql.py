@@ -34,14 +34,29 @@ def trusted(text: str) -> LiteralString:
 
 
 def parse(text: str, where: str = "sql") -> dict[str, LiteralString]:
-    """Split a file on its ``-- name:`` headers; a name defined twice is an error."""
+    """Split a file on its ``-- name:`` headers; a name defined twice is an error.
+
+    Each statement is kept without its comment lines, indentation and blank lines (``compact``).
+    """
     parts = _HEADER.split(text)
     queries: dict[str, LiteralString] = {}
     for name, body in zip(parts[1::2], parts[2::2]):
         if name in queries:
             raise ValueError(f"{where}: query {name!r} is defined twice")
-        queries[name] = trusted(body.strip())
+        queries[name] = trusted(compact(body))
     return queries
+
+
+def compact(statement: str) -> str:
+    """The statement as sent: its lines without comment lines, indentation or blank lines.
+
+    psycopg caches the conversion of a query's text to PostgreSQL's (``%(name)s`` to ``$1``) only for
+    texts of at most 4,096 characters (``psycopg._queries.MAX_CACHED_STATEMENT_LENGTH``): the claim,
+    documented at length, was over it and re-parsed on every call. No statement here holds a string
+    literal spanning lines, so a line's leading spaces and a line that is a comment are never data.
+    """
+    return "\n".join(line.strip() for line in statement.splitlines()
+                     if line.strip() and not line.lstrip().startswith("--"))
 
 
 def load(slice_name: str) -> Mapping[str, LiteralString]:
