@@ -25,6 +25,7 @@ import functools
 from collections.abc import Collection, Sequence
 from typing import Any, LiteralString, NamedTuple
 
+from psycopg import AsyncCursor
 from psycopg.types.json import Jsonb
 
 from kubetask import model, retry, states
@@ -222,16 +223,14 @@ async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[t
     }
     limited_key = (queue, containers)
     if limit > 0 and limited_key in _LIMITED:
-        # Known limited: record and claim_limited in one pipeline, one network round trip. The claim's
-        # snapshot still starts after the lock is granted (a statement of its own), so it counts every
-        # claim committed before it; were the queue no longer limited, claim_limited claims without limits.
+        # Known limited: record, lock and claim_limited in one pipeline with one Sync, so one network
+        # round trip and one transaction (see _locked_claim). Were the queue no longer limited,
+        # claim_limited claims without limits.
         async with conn.pipeline():
             recording = await conn.execute(_with_limit("complete_and_claim", 0, containers), first)
-            async with conn.transaction():
-                await conn.execute(QUERIES["lock_queue"], {"queue": queue})
-                claiming = await conn.execute(_with_limit("claim_limited", limit, containers), params)
-            rows = await recording.fetchall()
-            claim_rows = await claiming.fetchall()
+            claiming = await _locked_claim(conn, queue, limit, containers, params)
+        rows = await recording.fetchall()
+        claim_rows = await claiming.fetchall()
         if not (rows and rows[0][2]):
             _LIMITED.discard(limited_key)
         return Claim(set(rows[0][0]) if rows else set(),
@@ -245,12 +244,25 @@ async def complete_and_claim(conn: Conn, lease_owner: str, successes: Sequence[t
     if not limited or limit <= 0:
         return Claim(recorded, claimed)
     _LIMITED.add(limited_key)
-    async with conn.pipeline(), conn.transaction():
-        await conn.execute(QUERIES["lock_queue"], {"queue": queue})
-        cursor = await conn.execute(_with_limit("claim_limited", limit, containers), params)
-        rows = await cursor.fetchall()
+    async with conn.pipeline():
+        cursor = await _locked_claim(conn, queue, limit, containers, params)
+    rows = await cursor.fetchall()
     throttled = rows[0][1] if rows else None
     return Claim(recorded, [_claimed(row[2:]) for row in rows if row[2] is not None], throttled)
+
+
+async def _locked_claim(conn: Conn, queue: str, limit: int, containers: bool,
+                        params: dict[str, Any]) -> AsyncCursor[Any]:
+    """Send lock_queue and claim_limited into the open pipeline; the caller's leaving it sends the Sync.
+
+    No ``conn.transaction()`` here: inside a pipeline psycopg syncs on entering and on leaving one, and
+    each Sync waits for the server (three round trips where one will do). The statements a pipeline
+    sends before its Sync run in one implicit transaction instead (the extended query protocol's rule):
+    the row lock holds until the Sync commits, an error rolls everything back, and claim_limited, a
+    statement of its own, takes its snapshot after the lock was granted.
+    """
+    await conn.execute(QUERIES["lock_queue"], {"queue": queue})
+    return await conn.execute(_with_limit("claim_limited", limit, containers), params)
 
 
 _LIMITED: set[tuple[str, bool]] = set()
