@@ -655,13 +655,15 @@ OPERATOR_REQUESTS = [("pods", "POST"), ("pods", "DELETE"), ("tasks/status", "PAT
 """The requests whose server-side time the notes of figure 3 give."""
 
 
-def run_container_tasks(b: Bench, n: int, background: float) -> dict[str, Any]:
-    ns = b.namespace("bench-containers")
-    path = f"/apis/kubetask.io/v1alpha1/namespaces/{ns}/tasks"
-    names = [f"c{i:05d}" for i in range(n)]
-    tracker = Tracker(task_phase)
+def _run_pod_units(b: Bench, n: int, background: float, *, path: str, names: list[str],
+                   bodies: list[bytes], tracker: Tracker, done_phase: str, pod_unit: Callable[[dict[str, Any]], str | None],
+                   settle: Callable[[PodTracker], None]) -> dict[str, Any]:
+    """Create ``bodies`` at ``path``, follow them to ``done_phase`` and their pods (named by ``pod_unit``), and
+    measure what figure 3 gives for both kinds: rate, create → done, writes per unit and by request, CPU,
+    per-stage times. ``settle`` waits for what trails the last unit (statuses, deletions, Events)."""
+    ns = path.split("/namespaces/")[1].split("/")[0]
     watch = Watch(b.api, path, tracker)
-    pods = PodTracker(lambda pod: ((pod["metadata"].get("annotations") or {}).get("kubetask.io/task")))
+    pods = PodTracker(pod_unit)
     pod_watch = Watch(b.api, f"/api/v1/namespaces/{ns}/pods", pods)
     watch.start()
     pod_watch.start()
@@ -669,24 +671,19 @@ def run_container_tasks(b: Bench, n: int, background: float) -> dict[str, Any]:
     refused_before = b.api.write_counts(refused=True)
     cpu_before = cpu_by_component()
     t0 = time.monotonic()
-    sent = b.api.create_many(path, [container_task_body(name) for name in names])
+    sent = b.api.create_many(path, bodies)
     create_s = time.monotonic() - t0
-    tracker.wait("Succeeded", n, 900, watch)
+    tracker.wait(done_phase, n, 900, watch)
     cpu = _cpu_note(cpu_before, cpu_by_component(), time.monotonic() - t0)
-    done_at = [tracker.seen[name]["Succeeded"] for name in names]
+    done_at = [tracker.seen[name][done_phase] for name in names]
     wall = max(done_at) - min(sent)
-    devstack.wait_for(b.outbox_empty, 60, "the status outbox to drain")
-    devstack.wait_for(lambda: pods.count("deleted") >= n, 120, "every task pod to be deleted")
-    time.sleep(2)  # trailing Events
+    settle(pods)
     window = time.monotonic() - t0
     writes = _delta(b.api.write_counts(), before)
     refused = _delta(b.api.write_counts(refused=True), refused_before)
     server = _server_seconds(b.api.request_seconds(), seconds_before, OPERATOR_REQUESTS)
     watch.stop()
     pod_watch.stop()
-    [(attempts, exited_0)] = b.sql(
-        "SELECT count(*), count(*) FILTER (WHERE a.exit_code = 0) FROM kubetask_attempts a"
-        " JOIN kubetask_tasks t ON t.id = a.task_id WHERE t.namespace = %s", ns)
     done = [(d - s) * 1000 for d, s in zip(done_at, sent)]
     return {
         "n": n, "per_s": n / wall, "wall_s": wall, "create_s": create_s,
@@ -695,48 +692,41 @@ def run_container_tasks(b: Bench, n: int, background: float) -> dict[str, Any]:
         "breakdown": _breakdown(writes, n), "cpu": cpu, "server": server,
         "refused_per_unit": sum(refused.values()) / n, "refused": _breakdown(refused, n),
         "stages": _stages(names, sent, pods, done_at), "in_flight_max": pods.in_flight_max,
-        "harness_run": len(pods.harness_run), "attempts": attempts, "exited_0": exited_0,
+        "harness_run": len(pods.harness_run),
     }
+
+
+def run_container_tasks(b: Bench, n: int, background: float) -> dict[str, Any]:
+    ns = b.namespace("bench-containers")
+    names = [f"c{i:05d}" for i in range(n)]
+
+    def settle(pods: PodTracker) -> None:
+        devstack.wait_for(b.outbox_empty, 60, "the status outbox to drain")
+        devstack.wait_for(lambda: pods.count("deleted") >= n, 120, "every task pod to be deleted")
+        time.sleep(2)  # trailing Events
+
+    result = _run_pod_units(
+        b, n, background, path=f"/apis/kubetask.io/v1alpha1/namespaces/{ns}/tasks",
+        names=names, bodies=[container_task_body(name) for name in names], tracker=Tracker(task_phase),
+        done_phase="Succeeded", pod_unit=lambda pod: (pod["metadata"].get("annotations") or {}).get("kubetask.io/task"),
+        settle=settle)
+    [(attempts, exited_0)] = b.sql(
+        "SELECT count(*), count(*) FILTER (WHERE a.exit_code = 0) FROM kubetask_attempts a"
+        " JOIN kubetask_tasks t ON t.id = a.task_id WHERE t.namespace = %s", ns)
+    return {**result, "attempts": attempts, "exited_0": exited_0}
 
 
 def run_harness_jobs(b: Bench, n: int, background: float) -> dict[str, Any]:
     """``run_jobs``, with each Job's pod run by the harness as a task pod is (``harness_job_body``)."""
     ns = b.namespace("bench-jobs-harness")
-    path = f"/apis/batch/v1/namespaces/{ns}/jobs"
     names = [f"h{i:05d}" for i in range(n)]
     tracker = Tracker(job_phase)
-    watch = Watch(b.api, path, tracker)
-    pods = PodTracker(lambda pod: (pod["metadata"].get("labels") or {}).get("job-name"))
-    pod_watch = Watch(b.api, f"/api/v1/namespaces/{ns}/pods", pods)
-    watch.start()
-    pod_watch.start()
-    before, seconds_before = b.api.write_counts(), b.api.request_seconds()
-    refused_before = b.api.write_counts(refused=True)
-    cpu_before = cpu_by_component()
-    t0 = time.monotonic()
-    sent = b.api.create_many(path, [harness_job_body(name) for name in names])
-    create_s = time.monotonic() - t0
-    tracker.wait("Complete", n, 900, watch)
-    cpu = _cpu_note(cpu_before, cpu_by_component(), time.monotonic() - t0)
-    complete_at = [tracker.seen[name]["Complete"] for name in names]
-    wall = max(complete_at) - min(sent)
-    time.sleep(3)  # trailing Events, pod finalizer removals
-    window = time.monotonic() - t0
-    writes = _delta(b.api.write_counts(), before)
-    refused = _delta(b.api.write_counts(refused=True), refused_before)
-    server = _server_seconds(b.api.request_seconds(), seconds_before, OPERATOR_REQUESTS)
-    watch.stop()
-    pod_watch.stop()
-    done = [(c - s) * 1000 for c, s in zip(complete_at, sent)]
-    return {
-        "n": n, "per_s": n / wall, "wall_s": wall, "create_s": create_s,
-        "done_p50": percentile(done, 50), "done_p99": percentile(done, 99),
-        "writes_per_unit": (sum(writes.values()) - background * window) / n,
-        "breakdown": _breakdown(writes, n), "failed": tracker.count["Failed"], "cpu": cpu, "server": server,
-        "refused_per_unit": sum(refused.values()) / n, "refused": _breakdown(refused, n),
-        "stages": _stages(names, sent, pods, complete_at), "in_flight_max": pods.in_flight_max,
-        "harness_run": len(pods.harness_run),
-    }
+    result = _run_pod_units(
+        b, n, background, path=f"/apis/batch/v1/namespaces/{ns}/jobs", names=names,
+        bodies=[harness_job_body(name) for name in names], tracker=tracker, done_phase="Complete",
+        pod_unit=lambda pod: (pod["metadata"].get("labels") or {}).get("job-name"),
+        settle=lambda pods: time.sleep(3))  # trailing Events, pod finalizer removals
+    return {**result, "failed": tracker.count["Failed"]}
 
 
 # -- figure 4: scale from zero ------------------------------------------------------------

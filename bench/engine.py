@@ -498,7 +498,8 @@ async def _queue_limits(dbs: Databases, plan: Plan, command: str, report: common
         note=(f"backlog {plan.backlog:,}, KUBETASK_CONCURRENCY={KUBETASK_CONCURRENCY}, best of {plan.limit_pairs} "
               f"alternated runs each; the Queue sets maxRunning {QUEUE_LIMITS['max_running']:,}, a rate limit of "
               f"{QUEUE_LIMITS['rate_tasks']:,}/s and concurrencyKeyLimit {QUEUE_LIMITS['concurrency_key_limit']:,}: "
-              "a limited queue's claim is a second statement under the queue row's lock; "
+              "a limited queue's claim takes the queue row's lock and counts its running tasks, in the round "
+              "trip that records the last batch; "
               f"CPU per task {limited[-1].worker_cpu_us_per_task:.0f} + {limited[-1].postgres_cpu_us_per_task:.0f} µs "
               f"vs {plain[-1].worker_cpu_us_per_task:.0f} + {plain[-1].postgres_cpu_us_per_task:.0f}"),
         command=command, target=">= 0.85x no Queue", met=ratio >= 0.85))

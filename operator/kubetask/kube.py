@@ -409,10 +409,17 @@ class Kube:
         """The watch events (``{"type", "object"}``) of worker-pool Deployments after ``resource_version``,
         bookmarks included, until the server ends the watch after ``timeout_seconds``.
         Raises ``Expired`` when the version is too old to watch from (relist)."""
-        query = urllib.parse.urlencode({"labelSelector": POOL_LABEL, "watch": "true", "allowWatchBookmarks": "true",
+        async for event in self._watch("/apis/apps/v1", "deployments", namespace, POOL_LABEL, resource_version,
+                                       timeout_seconds):
+            yield event
+
+    async def _watch(self, api: str, plural: str, namespace: str | None, selector: str, resource_version: str,
+                     timeout_seconds: int) -> AsyncIterator[dict[str, Any]]:
+        """One watch of ``plural`` matching ``selector``; Expired (410) or ApiError on an ERROR event."""
+        query = urllib.parse.urlencode({"labelSelector": selector, "watch": "true", "allowWatchBookmarks": "true",
                                         "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds})
         scope = f"/namespaces/{_quote(namespace)}" if namespace is not None else ""
-        async for event in self._http.lines(f"/apis/apps/v1{scope}/deployments?{query}", timeout_seconds + 30):
+        async for event in self._http.lines(f"{api}{scope}/{plural}?{query}", timeout_seconds + 30):
             if event.get("type") == "ERROR":
                 status = event.get("object") or {}
                 if status.get("code") == 410:
@@ -478,13 +485,5 @@ class Kube:
                               timeout_seconds: int = WATCH_SECONDS) -> AsyncIterator[dict[str, Any]]:
         """Watch events of the pods matching ``selector`` after ``resource_version`` (bookmarks included).
         Raises ``Expired`` when the version is too old to watch from (relist)."""
-        query = urllib.parse.urlencode({"labelSelector": selector, "watch": "true", "allowWatchBookmarks": "true",
-                                        "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds})
-        scope = f"/namespaces/{_quote(namespace)}" if namespace is not None else ""
-        async for event in self._http.lines(f"/api/v1{scope}/pods?{query}", timeout_seconds + 30):
-            if event.get("type") == "ERROR":
-                status = event.get("object") or {}
-                if status.get("code") == 410:
-                    raise Expired(str(status.get("message")))
-                raise ApiError(int(status.get("code") or 500), str(status.get("message")))
+        async for event in self._watch("/api/v1", "pods", namespace, selector, resource_version, timeout_seconds):
             yield event

@@ -164,13 +164,20 @@ FROM (VALUES (1)) AS one (always) LEFT JOIN claimed AS c ON true
 ORDER BY c.priority DESC, c.run_at, c.id;
 
 -- name: lock_queue
--- The lock a limited queue's claimers take in turn, in the transaction of their claim_limited.
-SELECT name FROM kubetask_queues WHERE name = %(queue)s FOR UPDATE;
+-- The lock a limited queue's claimers take in turn, in the transaction of their claim_limited; and, for
+-- that transaction only, no bitmap scans: claim_limited's counts of running tasks then walk
+-- kubetask_tasks_lease_expiry with a plain index scan, which marks the entries of tasks no longer running
+-- dead as it meets them, so the next claims skip them. A bitmap scan marks nothing: every task the queue
+-- ran since the table's last vacuum was visited again on every claim, under the lock (measured: 19,200
+-- entries for 32 running tasks, 1.3 ms of the claim's 1.9 ms; 0.04 ms and 32 entries so).
+SELECT name, set_config('enable_bitmapscan', 'off', true) FROM kubetask_queues WHERE name = %(queue)s FOR UPDATE;
 
 -- name: claim_limited
 -- Claim up to %(limit)s due tasks of a queue whose row sets limits, within them: at most max_running
 -- running, at most concurrency_key_limit running per concurrency key (a key at its limit waits where it
 -- is: no attempt, no retry spent), and no more than the rate limit's token bucket holds.
+-- Each count of running tasks stops at the limit it is compared with, walking kubetask_tasks_lease_expiry
+-- in its order (no bitmap scan in this transaction: see lock_queue).
 -- The caller holds the row's lock (lock_queue) in this transaction: the lock serialises the queue's
 -- claimers, and because this statement started after the lock was granted its snapshot counts every
 -- claim committed before it. The counts of running tasks go through kubetask_tasks_lease_expiry (every
@@ -197,8 +204,11 @@ WITH queue_row AS (
         WHEN coalesce(q.paused, false) THEN 0
         ELSE greatest(0, least(
             %(limit)s,
-            coalesce(q.max_running - (SELECT count(*) FROM kubetask_tasks AS r
-                                      WHERE r.queue = %(queue)s AND r.state = 'running'), %(limit)s),
+            coalesce(q.max_running - (SELECT count(*) FROM (
+                                          SELECT FROM kubetask_tasks AS r
+                                          WHERE r.queue = %(queue)s AND r.state = 'running'
+                                          ORDER BY r.lease_expires_at LIMIT q.max_running) AS running),
+                     %(limit)s),
             coalesce(floor((SELECT available FROM bucket))::bigint, %(limit)s)))
         END AS n
     FROM (VALUES (1)) AS one (always) LEFT JOIN queue_row AS q ON true
@@ -211,8 +221,10 @@ WITH queue_row AS (
            OR t.namespace = ANY((SELECT allowed_namespaces FROM queue_row)::text[]))
       AND (t.concurrency_key IS NULL
            OR NOT EXISTS (SELECT FROM queue_row WHERE concurrency_key_limit IS NOT NULL)
-           OR (SELECT count(*) FROM kubetask_tasks AS r
-               WHERE r.queue = %(queue)s AND r.state = 'running' AND r.concurrency_key = t.concurrency_key)
+           OR (SELECT count(*) FROM (
+                   SELECT FROM kubetask_tasks AS r
+                   WHERE r.queue = %(queue)s AND r.state = 'running' AND r.concurrency_key = t.concurrency_key
+                   ORDER BY r.lease_expires_at LIMIT (SELECT concurrency_key_limit FROM queue_row)) AS running)
               < (SELECT concurrency_key_limit FROM queue_row))
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
@@ -226,9 +238,11 @@ WITH queue_row AS (
           FROM picked AS p) AS c
     WHERE c.concurrency_key IS NULL
        OR NOT EXISTS (SELECT FROM queue_row WHERE concurrency_key_limit IS NOT NULL)
-       OR c.nth_of_key + (SELECT count(*) FROM kubetask_tasks AS r
-                          WHERE r.queue = %(queue)s AND r.state = 'running'
-                            AND r.concurrency_key = c.concurrency_key)
+       OR c.nth_of_key + (SELECT count(*) FROM (
+                              SELECT FROM kubetask_tasks AS r
+                              WHERE r.queue = %(queue)s AND r.state = 'running'
+                                AND r.concurrency_key = c.concurrency_key
+                              ORDER BY r.lease_expires_at LIMIT (SELECT concurrency_key_limit FROM queue_row)) AS running)
           <= (SELECT concurrency_key_limit FROM queue_row)
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT (SELECT n FROM budget)
