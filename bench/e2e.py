@@ -1007,9 +1007,7 @@ def _report_containers(report: Callable[[Figure], None], command: str, tasks: di
         "pod create and delete and Task status patches, the scheduler's bindings, the harness's pod status, the Job "
         f"controller), minus the idle background ({background:.1f}/s). Per container Task: {tasks['breakdown']}. "
         f"Per Job: {jobs['breakdown']}. Of these, answered 4xx/5xx: per container Task {tasks['refused_per_unit']:.2f} "
-        f"({tasks['refused'] or 'none'}), per Job {jobs['refused_per_unit']:.2f} ({jobs['refused'] or 'none'}); the "
-        "harness marks a deleted task pod as exited (PATCH pods) even when the API server already removed it, a "
-        "finished pod being deleted at once: a 404 a kubelet would not cause. "
+        f"({tasks['refused'] or 'none'}), per Job {jobs['refused_per_unit']:.2f} ({jobs['refused'] or 'none'}). "
         f"Mean time in the API server, container Tasks: {tasks['server']}; "
         f"Jobs: {jobs['server']}",
         command=command, target="< Kubernetes Jobs", met=tasks["writes_per_unit"] < jobs["writes_per_unit"],
