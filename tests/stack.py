@@ -140,6 +140,17 @@ class Stack:
         with psycopg.connect(self.dsn, row_factory=psycopg.rows.dict_row) as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
 
+    def wait_queue_row(self, name: str, where: str = "true", timeout: float = 30) -> None:
+        """Until the operator wrote Queue ``name``'s row (``where`` holding of it), from a schema it may not have
+        migrated yet."""
+        def row() -> bool:
+            try:
+                return bool(self.sql(f"SELECT 1 FROM kubetask_queues WHERE name = %s AND ({where})", name))
+            except psycopg.errors.UndefinedTable:
+                return False  # a fresh stack's operator has not migrated yet
+
+        devstack.wait_for(row, timeout, f"Queue {name}'s row ({where})")
+
     def attempts(self, uid: str) -> list[dict[str, Any]]:
         return self.sql(
             "SELECT a.* FROM kubetask_attempts a JOIN kubetask_tasks t ON t.id = a.task_id"

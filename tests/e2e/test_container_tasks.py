@@ -121,8 +121,7 @@ def test_the_queues_pod_policy_refuses_images_outside_its_prefixes(e2e: Stack, n
     name = f"images-{uuid.uuid4().hex[:6]}"
     e2e.apply(queue(name, podPolicy={"allowedImagePrefixes": ["registry.example.com/allowed/"]}))
     try:
-        devstack.wait_for(lambda: e2e.sql("SELECT 1 FROM kubetask_queues WHERE name = %s"
-                                          " AND pod_policy <> '{}'", name), 20, "the Queue's row")
+        e2e.wait_queue_row(name, "pod_policy <> '{}'")
         e2e.apply(container_task(namespace, "outside", "echo no", queue=name),
                   container_task(namespace, "inside", "echo yes", queue=name,
                                  container={"image": "registry.example.com/allowed/tool:1"}))
@@ -160,8 +159,7 @@ def test_max_running_and_priority_hold_for_300_container_tasks(e2e: Stack, names
     limit = 20
     e2e.apply(queue(name, paused=True, maxRunning=limit))
     try:
-        devstack.wait_for(lambda: e2e.sql("SELECT 1 FROM kubetask_queues WHERE name = %s AND paused", name), 20,
-                          "the paused Queue's row")
+        e2e.wait_queue_row(name, "paused")
         e2e.apply(*[container_task(namespace, f"c{i:03d}", "sleep 0.2", queue=name, priority=i % 3)
                     for i in range(300)])
         devstack.wait_for(lambda: len(e2e.sql("SELECT 1 FROM kubetask_tasks WHERE queue = %s", name)) == 300, 60,

@@ -16,7 +16,7 @@ import pathlib
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -42,8 +42,7 @@ def held(e2e: Stack) -> Iterator[str]:
     name = f"held-{uuid.uuid4().hex[:8]}"
     e2e.apply({"apiVersion": model.API_VERSION, "kind": model.QUEUE_KIND, "metadata": {"name": name},
                "spec": {"paused": True}})
-    devstack.wait_for(lambda: e2e.sql("SELECT 1 FROM kubetask_queues WHERE name = %s AND paused", name), 30,
-                      f"Queue {name}'s row")
+    e2e.wait_queue_row(name, "paused")
     yield name
     e2e.plane.kubectl("delete", "queue", name, "--wait=false", check=False)
 
@@ -232,6 +231,23 @@ def running_pod(e2e: Stack, namespace: str, name: str) -> str:
     return pod
 
 
+def follow(e2e: Stack, namespace: str, name: str, first: str,
+           meanwhile: Callable[[], None]) -> tuple[int, str, str]:
+    """``kubetask logs NAME -f`` until it ends: its first line must be ``first``; then ``meanwhile`` runs.
+    Returns the exit code and what came after the first line (stdout), and stderr."""
+    env = {**os.environ, "KUBECONFIG": str(e2e.plane.kubeconfig), "DATABASE_URL": e2e.dsn}
+    follower = subprocess.Popen([KUBETASK, "logs", name, "-n", namespace, "-f"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == first, "the live log, while the container runs"
+        meanwhile()
+        out, err = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    return follower.returncode, out, err
+
+
 def test_logs_follow_a_live_pod_until_its_container_ends_then_come_from_postgresql(
         e2e: Stack, namespace: str, tmp_path: pathlib.Path) -> None:
     gate = tmp_path / "go"
@@ -239,19 +255,10 @@ def test_logs_follow_a_live_pod_until_its_container_ends_then_come_from_postgres
                                                        "echo second"))
     pod = running_pod(e2e, namespace, "live")
     live_logs_or_skip(e2e, namespace, pod)
-    env = {**os.environ, "KUBECONFIG": str(e2e.plane.kubeconfig), "DATABASE_URL": e2e.dsn}
-    follower = subprocess.Popen([KUBETASK, "logs", "live", "-n", namespace, "-f"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert follower.stdout is not None
-        assert follower.stdout.readline() == "first\n", "the live log, while the container runs"
-        gate.touch()
-        out, err = follower.communicate(timeout=60)
-    finally:
-        follower.kill()
+    code, out, err = follow(e2e, namespace, "live", "first\n", gate.touch)
     # The rest of the live log, nothing twice (the leader may delete the pod the moment it ends: the CLI then
     # finishes from the stored tail, printing only what the stream had not).
-    assert follower.returncode == 0 and out == "second\n", (out, err)
+    assert code == 0 and out == "second\n", (out, err)
     e2e.wait_phase(namespace, "live", "Succeeded")
     devstack.wait_for(lambda: cli(e2e, "logs", "live", "-n", namespace).stderr.count("stored in PostgreSQL"), 30,
                       "the pod to be gone")
@@ -263,16 +270,8 @@ def test_logs_follow_ends_when_the_pod_is_deleted_from_under_its_attempt(e2e: St
     e2e.apply(container_task(namespace, "vanishing", script="echo start; sleep 60"))
     pod = running_pod(e2e, namespace, "vanishing")
     live_logs_or_skip(e2e, namespace, pod)
-    env = {**os.environ, "KUBECONFIG": str(e2e.plane.kubeconfig), "DATABASE_URL": e2e.dsn}
-    follower = subprocess.Popen([KUBETASK, "logs", "vanishing", "-n", namespace, "-f"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert follower.stdout is not None
-        assert follower.stdout.readline() == "start\n"
-        e2e.plane.kubectl("delete", "pod", pod, "-n", namespace, "--wait=false")
-        out, err = follower.communicate(timeout=60)
-    finally:
-        follower.kill()
-    assert follower.returncode == 0 and out == "", (out, err)  # nothing after "start": nothing repeated
+    code, out, err = follow(e2e, namespace, "vanishing", "start\n",
+                            lambda: e2e.plane.kubectl("delete", "pod", pod, "-n", namespace, "--wait=false"))
+    assert code == 0 and out == "", (out, err)  # nothing after "start": nothing repeated
     status = e2e.wait_phase(namespace, "vanishing", "DeadLetter")["status"]
     assert status["history"][0]["outcome"] == "lost"
