@@ -61,6 +61,8 @@ class RowLike(_Span, Protocol):
     def last_error(self) -> dict[str, Any] | None: ...
     @property
     def history(self) -> Sequence[AttemptLike]: ...
+    @property
+    def type(self) -> str: ...
 
 
 def timestamp(value: datetime.datetime | None) -> str | None:
@@ -129,7 +131,7 @@ def build(row: RowLike, no_pool_for: str | None = None) -> dict[str, Any]:
         conditions.append(_condition("QueueAdmitted", False, model.QUEUE_REFUSED, str(last_error["message"]),
                                      row.finished_at))
     waiting = phase in (model.Phase.QUEUED, model.Phase.RETRYING)
-    if waiting and no_pool_for is not None:
+    if waiting and no_pool_for is not None and row.type != model.CONTAINER_TYPE:  # the leader runs those
         conditions.append(_condition(
             "WorkerPool", False, "NoWorkerPool",
             f"no worker pool serves queue {no_pool_for!r}: the Task waits until one does (a Deployment labelled "

@@ -36,6 +36,7 @@ class Row:
     result: Any = None
     last_error: dict[str, Any] | None = None
     history: list[Attempt] = dataclasses.field(default_factory=list)
+    type: str = "echo"
 
 
 def test_succeeded_after_retries_shows_result_and_every_attempt() -> None:
@@ -111,3 +112,10 @@ def test_a_task_its_queue_refuses_says_so_in_a_condition_until_it_is_retried() -
     retried = status.build(Row("queued", last_error=refusal))
     assert retried["phase"] == "Queued"
     assert "QueueAdmitted" not in [c["type"] for c in retried["conditions"]]
+
+
+def test_a_waiting_task_is_told_no_pool_serves_its_queue_unless_it_is_a_container_task() -> None:
+    handler = {c["type"]: c for c in status.build(Row("queued"), no_pool_for="batch")["conditions"]}
+    assert handler["WorkerPool"]["reason"] == "NoWorkerPool" and "'batch'" in handler["WorkerPool"]["message"]
+    container = status.build(Row("queued", type=model.CONTAINER_TYPE), no_pool_for="batch")["conditions"]
+    assert "WorkerPool" not in {c["type"] for c in container}, "the leader runs container Tasks' pods: no pool needed"
