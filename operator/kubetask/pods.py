@@ -30,8 +30,22 @@ from kubetask import model
 PART_OF = "app.kubernetes.io/part-of"
 COMPONENT = "app.kubernetes.io/component"
 QUEUE_LABEL = f"{model.GROUP}/queue"
-#: The label selector of every task pod (the container service lists and watches these).
+#: Which operator made the pod (its ``managed_by``, ``/`` written ``.``): an operator follows, adopts and
+#: deletes only its own pods, never those of another release sharing the cluster, nor a pod someone made
+#: with the task labels by hand.
+MANAGED_BY_LABEL = f"{model.GROUP}/managed-by"
+#: The label selector of every task pod, whoever made it.
 SELECTOR = f"{PART_OF}=kubetask,{COMPONENT}=task"
+
+
+def managed_by_value(managed_by: str) -> str:
+    """``managed_by`` as a label value (``kubetask.io/operator`` → ``kubetask.io.operator``)."""
+    return managed_by.replace("/", ".")
+
+
+def selector(managed_by: str) -> str:
+    """The task pods of the operator named ``managed_by``: the ones its container service follows."""
+    return f"{SELECTOR},{MANAGED_BY_LABEL}={managed_by_value(managed_by)}"
 
 #: Waiting reasons that mean the container will not start by itself soon: after the bounded wait
 #: (``container_start_timeout_seconds``) the attempt ends with the reason.
@@ -112,8 +126,10 @@ class Attempt:
     timeout_seconds: int | None
 
 
-def build(attempt: Attempt, container: model.Container, policy: model.PodPolicy) -> dict[str, Any]:
-    """The Pod for one attempt of a container Task, owned by the Task (deleting it deletes the pod)."""
+def build(attempt: Attempt, container: model.Container, policy: model.PodPolicy,
+          managed_by: str = model.DEFAULT_MANAGED_BY) -> dict[str, Any]:
+    """The Pod for one attempt of a container Task, owned by the Task (deleting it deletes the pod), labelled
+    with the operator that made it (``managed_by``)."""
     env: list[dict[str, Any]] = [
         {"name": "KUBETASK_TASK_NAME", "value": attempt.name},
         {"name": "KUBETASK_TASK_UID", "value": attempt.uid},
@@ -171,6 +187,7 @@ def build(attempt: Attempt, container: model.Container, policy: model.PodPolicy)
             "labels": {
                 PART_OF: "kubetask", COMPONENT: "task", model.TASK_UID_LABEL: attempt.uid,
                 model.ATTEMPT_LABEL: str(attempt.attempt), QUEUE_LABEL: attempt.queue,
+                MANAGED_BY_LABEL: managed_by_value(managed_by),
             },
             "annotations": {f"{model.GROUP}/task": attempt.name},
             "ownerReferences": [{

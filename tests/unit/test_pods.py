@@ -45,6 +45,9 @@ def test_the_pod_runs_the_container_under_the_queues_policy() -> None:
     meta, spec = pod["metadata"], pod["spec"]
     assert meta["labels"][model.TASK_UID_LABEL] == ATTEMPT.uid and meta["labels"][model.ATTEMPT_LABEL] == "2"
     assert pods.attempt_of(pod) == (ATTEMPT.uid, 2)
+    assert meta["labels"][pods.MANAGED_BY_LABEL] == "kubetask.io.operator", "an operator follows only its own pods"
+    assert pods.selector("example.com/team-a") == (
+        "app.kubernetes.io/part-of=kubetask,app.kubernetes.io/component=task,kubetask.io/managed-by=example.com.team-a")
     assert meta["ownerReferences"] == [{"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "name": "report",
                                         "uid": ATTEMPT.uid, "controller": True}]
     assert spec["restartPolicy"] == "Never" and spec["enableServiceLinks"] is False

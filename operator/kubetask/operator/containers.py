@@ -1,7 +1,7 @@
 """Container Tasks: the leader runs each attempt as a pod of its own, in the Task's namespace.
 
 Two leader services. ``watch_once`` lists and then watches the task pods
-(``pods.SELECTOR``) into ``rt.task_pods.pods`` and wakes the other on every
+(``pods.selector``: those labelled as this operator's) into ``rt.task_pods.pods`` and wakes the other on every
 change. ``run_once`` is one pass:
 
 1. **Adopt** (once per leadership): every task pod whose attempt still runs
@@ -63,7 +63,7 @@ async def watch_once(rt: Runtime, conn: db.connection.Conn) -> bool:
     listed: dict[tuple[str, int], dict[str, Any]] = {}
     versions: dict[str | None, str] = {}
     for namespace in _namespaces(rt):
-        items, versions[namespace] = await rt.kube.task_pods(namespace, pods.SELECTOR)
+        items, versions[namespace] = await rt.kube.task_pods(namespace, pods.selector(rt.config.managed_by))
         for pod in items:
             key = pods.attempt_of(pod)
             if key is not None:
@@ -75,7 +75,7 @@ async def watch_once(rt: Runtime, conn: db.connection.Conn) -> bool:
     async def follow(namespace: str | None) -> None:
         version = versions[namespace]
         while True:
-            async for event in rt.kube.watch_task_pods(namespace, pods.SELECTOR, version):
+            async for event in rt.kube.watch_task_pods(namespace, pods.selector(rt.config.managed_by), version):
                 pod = event.get("object") or {}
                 version = (pod.get("metadata") or {}).get("resourceVersion", version)
                 if event.get("type") == "BOOKMARK":
@@ -351,7 +351,7 @@ async def _body(rt: Runtime, conn: db.connection.Conn, task: db.queue.ClaimedTas
         return None
     rt.task_pods.held[task.id] = held
     return pods.build(pods.Attempt(task.uid, task.namespace, task.name, task.queue, task.attempt, task.payload,
-                                   task.timeout_seconds), container, policy)
+                                   task.timeout_seconds), container, policy, rt.config.managed_by)
 
 
 async def _refused_by_api(rt: Runtime, conn: db.connection.Conn, task: db.queue.ClaimedTask,
