@@ -171,12 +171,20 @@ class _AsyncHttp:
                     self.forget_token()
                 raise ApiError(resp.status, reason)
             buffer = b""
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\n")
-                for line in complete:
-                    if line.strip():
-                        yield json.loads(line)
+            try:
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    *complete, buffer = buffer.split(b"\n")
+                    for line in complete:
+                        if line.strip():
+                            yield json.loads(line)
+            finally:
+                # A watch cut short (cancelled, or its reader gone) leaves a connection nobody reuses. It
+                # is aborted: a graceful TLS close waits for the server's close_notify, which a watch
+                # stream may never send, and the socket would outlive close() (a ResourceWarning later).
+                connection = resp.connection
+                if not resp.content.at_eof() and connection is not None and connection.transport is not None:
+                    connection.transport.abort()
 
     async def close(self) -> None:
         if self._session is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import contextlib
+import gc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -67,6 +69,26 @@ async def test_pools_are_followed_only_in_the_pool_namespaces(
             assert {key[0] for key in rt.pools} == {namespace}
     finally:
         await rt.close()
+
+
+async def test_a_cancelled_watch_leaves_no_socket_open(dsn: str, crd_plane: controlplane.ControlPlane,
+                                                      namespace: str, wait_until: Any) -> None:
+    """A watch cut by cancellation is aborted, not left in a TLS shutdown that outlives ``close()``
+    (an open socket, and a ResourceWarning in whichever test collects it)."""
+    def open_sockets() -> list[asyncio.Transport]:
+        loop = asyncio.get_running_loop()
+        return [o for o in gc.get_objects() if isinstance(o, asyncio.selector_events._SelectorSocketTransport)
+                and o._loop is loop and not o.is_closing()]  # type: ignore[attr-defined]
+
+    config = settings.OperatorSettings.from_env({"DATABASE_URL": dsn, "KUBETASK_POOL_NAMESPACES": namespace})
+    rt = Runtime(config=config, kube=kube.Kube(kubeconfig=str(crd_plane.kubeconfig)))
+    try:
+        async with following(rt):
+            await wait_until(lambda: asyncio.sleep(0, rt.pools_listed), 15, what="the first LIST")
+            assert open_sockets(), "the watch holds a connection"
+    finally:
+        await rt.close()
+    assert open_sockets() == []
 
 
 def test_the_pool_scope_defaults_to_the_served_namespaces_then_the_cluster() -> None:
