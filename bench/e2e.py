@@ -1055,7 +1055,7 @@ def _report_footprint(report: Callable[[Figure], None], command: str, foot: dict
         f"{foot['cpu_s'] / n * 1000:.2f} ms per Task); {foot['cpu_idle_10s']:.2f} CPU s in the 10 idle s after",
         command=command, higher_is_better=False))
     return {"operator_rss_mb_10k": foot["rss_peak"], "operator_rss_mb_10k_after": foot["rss_after"],
-            "operator_cpu_s_10k": foot["cpu_s"]}
+            "operator_cpu_s_10k": foot["cpu_s"], "operator_cpu_ms_per_task": foot["cpu_s"] / n * 1000}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -444,6 +444,8 @@ async def _burn_downs(dbs: Databases, plan: Plan, command: str, report: common.R
             keys[f"burn_down_{system}_{processes}p_tasks_per_s"] = results[system].tasks_per_s
             best[system] = max(best.get(system, 0.0), results[system].tasks_per_s)
         ours = results["kubetask"]
+        for peer in PEERS:
+            keys[f"engine_vs_{peer}_{processes}p"] = ours.tasks_per_s / results[peer].tasks_per_s
         cpu = "; ".join(f"{s} {r.worker_cpu_us_per_task:.0f} + {r.postgres_cpu_us_per_task:.0f}"
                         for s, r in results.items())
         note = (f"backlog {ours.backlog:,} no-op tasks (procrastinate {results['procrastinate'].backlog:,}), "

@@ -20,7 +20,7 @@ KEYS = {
     "pickup_p50_ms", "pickup_p99_ms", "pickup_polling_1s_p50_ms", "claim_latency_ratio_1m_vs_empty",
     "claim_p50_ms_empty", "claim_p50_ms_history", "burn_down_ratio_1m_vs_empty",
     "burn_down_kubetask_default_concurrency_2p_tasks_per_s", "burn_down_queue_limits_tasks_per_s",
-    "burn_down_queue_limits_ratio",
+    "burn_down_queue_limits_ratio", "engine_vs_pgqueuer_1p", "engine_vs_procrastinate_1p",
 }
 
 

@@ -13,7 +13,7 @@ from bench.common import Figure
 
 KEYS = ("e2e_tasks_per_s", "e2e_vs_jobs", "apply_to_running_p50_ms", "apply_to_succeeded_p50_ms",
         "api_writes_per_task", "api_writes_per_job", "scale_from_zero_s", "operator_rss_mb_10k",
-        "operator_cpu_s_10k", "e2e_create_ceiling_tasks_per_s", "e2e_vs_create_ceiling",
+        "operator_cpu_s_10k", "operator_cpu_ms_per_task", "e2e_create_ceiling_tasks_per_s", "e2e_vs_create_ceiling",
         "create_request_p50_ms_in_burst", "container_tasks_per_s", "container_vs_jobs",
         "api_writes_per_container_task", "container_jobs_per_s", "api_writes_per_container_job")
 
